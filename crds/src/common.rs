@@ -1,0 +1,112 @@
+//! Types both kinds share: synthesis settings, conditions, duration patterns.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Duration;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Regex of a positive Go duration (`90s`, `1h30m`, `500ms`): what `kubectl explain` shows and the
+/// API server enforces on every duration field.
+pub const DURATION_PATTERN: &str = "^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+
+/// `seed` | `mean` | `trimmedMean` | `median`: how votes are counted and confidences combined.
+///
+/// `seed` is the seed article's arithmetic (every packet is a vote, plain mean of all
+/// confidences, alert on strength alone), kept for comparison; the others give each agent one
+/// vote per window and combine the agreeing votes' confidences by weighted mean, trimmed mean
+/// (`trimFraction` dropped at each end) or weighted median. Default `trimmedMean`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SynthesisMethod {
+    /// The seed article's arithmetic: every packet is a vote, plain mean of all confidences,
+    /// alert on strength alone. For comparison with the article; not for production.
+    Seed,
+    /// Weighted mean of the agreeing votes' confidences.
+    Mean,
+    /// Weighted mean after dropping `trimFraction` of the votes at each end.
+    #[default]
+    TrimmedMean,
+    /// Weighted median of the agreeing votes' confidences.
+    Median,
+}
+
+/// Synthesis settings. On a swarm they are the defaults of its subjects; on a subject each field
+/// set overrides the swarm's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SynthesisSettings {
+    /// Only packets whose timestamp lies within this window of now are considered; each agent
+    /// has one vote in it (its latest). Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub window: Option<Duration>,
+    /// Half-life of a vote's weight (exponential decay with age). Unset: no decay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub half_life: Option<Duration>,
+    /// Consensus strength above which an alert is raised (with `quorum`). Default `0.6`, the
+    /// seed's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub threshold: Option<f64>,
+    /// Distinct agents that must agree before an alert is raised. Default `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub quorum: Option<u32>,
+    /// How confidences are combined. Default `trimmedMean`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<SynthesisMethod>,
+    /// Fraction of votes dropped at each end by `trimmedMean`. Default `0.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 0.45))]
+    pub trim_fraction: Option<f64>,
+    /// Synthesis generations a packet may carry (`Qis-Hops`); packets beyond it are not
+    /// re-synthesized. Default `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 8))]
+    pub max_hops: Option<u8>,
+    /// Least time between two synthesis packets an agent publishes for one subject. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub publish_interval: Option<Duration>,
+}
+
+impl SynthesisSettings {
+    /// Each field of `self` that is set, else the one of `defaults`.
+    pub fn or(&self, defaults: &SynthesisSettings) -> SynthesisSettings {
+        SynthesisSettings {
+            window: self.window.or(defaults.window),
+            half_life: self.half_life.or(defaults.half_life),
+            threshold: self.threshold.or(defaults.threshold),
+            quorum: self.quorum.or(defaults.quorum),
+            method: self.method.or(defaults.method),
+            trim_fraction: self.trim_fraction.or(defaults.trim_fraction),
+            max_hops: self.max_hops.or(defaults.max_hops),
+            publish_interval: self.publish_interval.or(defaults.publish_interval),
+        }
+    }
+}
+
+/// Schema of a conditions list: a list-map keyed on `type`, so that two field managers can own
+/// different entries.
+pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}
+
+/// Reference to a key of a Secret in the object's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}

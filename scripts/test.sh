@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run all tests"); CI runs exactly this.
+# Installs what the tests need (scripts/install-tools.sh), then: format, lints, the whole
+# cargo test suite, and offline validation of the generated CRDs against Kubernetes' schemas.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash scripts/install-tools.sh
+export PATH="$root/.tools/bin:$root/.tools/venv/bin:$PATH"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== CRDs against Kubernetes 1.33 and 1.37 schemas (kubernetes-validate --strict)"
+for version in 1.33.0 1.37.0; do
+  kubernetes-validate --strict --quiet -k "$version" crds/*.yaml
+done
+echo "== all tests passed"
