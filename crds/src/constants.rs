@@ -72,3 +72,20 @@ pub mod reason {
     /// Waiting for something that is on its way (replicas, the swarm's stream).
     pub const PROGRESSING: &str = "Progressing";
 }
+
+/// Hex characters of a packet id (`Nats-Msg-Id`).
+pub const PACKET_ID_LEN: usize = 32;
+
+/// Largest header block an agent sends, as NATS frames it: `NATS/1.0\r\n`, one
+/// `Name: value\r\n` line per header (the longest values: a packet id, `synthesis`, `255` hops),
+/// and a closing `\r\n`.
+pub const MAX_HEADER_BLOCK: usize = "NATS/1.0\r\n".len()
+    + (HEADER_MSG_ID.len() + 2 + PACKET_ID_LEN + 2)
+    + (HEADER_KIND.len() + 2 + "synthesis".len() + 2)
+    + (HEADER_HOPS.len() + 2 + "255".len() + 2)
+    + "\r\n".len();
+
+/// Default `maxMsgSize` of a swarm's stream: a 512-byte body with the largest header block.
+/// nats-server 2.15 counts headers and body together against `max_msg_size` (measured by
+/// `operator/tests/jetstream.rs`).
+pub const DEFAULT_MAX_MSG_SIZE: usize = MAX_BODY_BYTES + MAX_HEADER_BLOCK;

@@ -256,9 +256,9 @@ pub struct AgentTemplate {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SiteSpec {
-    /// Site name: a subject token (lowercase letters, digits, `-`, `_`; at most 63 characters, so
-    /// it fits in object names).
-    #[schemars(regex(pattern = "^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"))]
+    /// Site name: a DNS label (lowercase letters, digits, `-`; at most 63 characters), since it
+    /// names the site's Deployment and consumers.
+    #[schemars(regex(pattern = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
     pub name: String,
     /// Agent replicas at this site; one consumes, the others stand by. Default `1`.
     #[serde(default = "default_site_replicas")]

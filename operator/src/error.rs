@@ -1,0 +1,98 @@
+//! Operator errors, each with the category that decides what the controller does next.
+
+use std::time::Duration;
+
+/// What the controller does about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// The spec is wrong: report it and wait for the user to change it.
+    InvalidSpec,
+    /// The server cannot do this in place: report it and wait for a change.
+    NotSupported,
+    /// Something else owns what we need: report it and look again later.
+    Conflict,
+    /// NATS or the API server hiccupped: retry with backoff.
+    Transient,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {field}: {message}")]
+    InvalidSpec { field: String, message: String },
+    #[error("not supported in place: {0}")]
+    NotSupported(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("{0}")]
+    Waiting(String),
+}
+
+impl Error {
+    pub fn category(&self) -> Category {
+        match self {
+            Error::InvalidSpec { .. } => Category::InvalidSpec,
+            Error::NotSupported(_) => Category::NotSupported,
+            Error::Conflict(_) => Category::Conflict,
+            Error::Nats(_) | Error::Kube(_) | Error::Finalizer(_) | Error::Waiting(_) => {
+                Category::Transient
+            }
+        }
+    }
+
+    /// Short label for metrics (`errors_total{reason=…}`).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec { .. } => "InvalidSpec",
+            Error::NotSupported(_) => "NotSupported",
+            Error::Conflict(_) => "ResourceConflict",
+            Error::Nats(_) => "NatsUnavailable",
+            Error::Kube(_) => "KubeApi",
+            Error::Finalizer(_) => "Finalizer",
+            Error::Waiting(_) => "Waiting",
+        }
+    }
+
+    /// When to look again: never on our own for a spec the user must fix (a change of the
+    /// object triggers a reconcile), later for a conflict, soon for a transient error.
+    pub fn requeue_after(&self, attempt: u32) -> Option<Duration> {
+        match self.category() {
+            Category::InvalidSpec | Category::NotSupported => None,
+            Category::Conflict => Some(Duration::from_secs(60)),
+            Category::Transient => {
+                let secs = 1u64 << attempt.min(6);
+                Some(Duration::from_secs(secs.min(60)))
+            }
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_decide_requeue() {
+        let invalid = Error::InvalidSpec {
+            field: "spec.x".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(invalid.requeue_after(0), None);
+        assert_eq!(Error::NotSupported("storage".into()).requeue_after(3), None);
+        assert_eq!(
+            Error::Conflict("x".into()).requeue_after(0),
+            Some(Duration::from_secs(60))
+        );
+        let nats = Error::Nats("down".into());
+        assert_eq!(nats.requeue_after(0), Some(Duration::from_secs(1)));
+        assert_eq!(nats.requeue_after(3), Some(Duration::from_secs(8)));
+        assert_eq!(nats.requeue_after(30), Some(Duration::from_secs(60)));
+    }
+}

@@ -1,0 +1,186 @@
+//! The JetStream stream a swarm asks for (pure), and how a live stream differs from it.
+
+use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+use qis_crds::addressing;
+use qis_crds::constants::DEFAULT_MAX_MSG_SIZE;
+use qis_crds::{QisSwarmSpec, StorageType as SpecStorage};
+use std::collections::HashMap;
+
+/// Smallest `maxMsgSize` a swarm may set: a 512-byte body with every header agents send.
+pub const MIN_MAX_MSG_SIZE: usize = DEFAULT_MAX_MSG_SIZE;
+
+/// Stream metadata key naming the owning swarm (`<namespace>/<name>`).
+pub const META_OWNER: &str = "qis.dev/swarm";
+/// Stream metadata key naming the manager.
+pub const META_MANAGED_BY: &str = "qis.dev/managed-by";
+
+/// The prefix in force for a swarm.
+pub fn prefix(namespace: &str, name: &str, spec: &QisSwarmSpec) -> String {
+    spec.subject_prefix
+        .clone()
+        .unwrap_or_else(|| addressing::default_prefix(namespace, name))
+}
+
+/// The stream config of a swarm.
+pub fn desired(namespace: &str, name: &str, spec: &QisSwarmSpec) -> Config {
+    let s = &spec.stream;
+    Config {
+        name: addressing::stream_name(namespace, name),
+        description: Some(format!("QIS swarm {namespace}/{name}")),
+        subjects: vec![format!("{}.>", prefix(namespace, name, spec))],
+        storage: match s.storage {
+            SpecStorage::File => StorageType::File,
+            SpecStorage::Memory => StorageType::Memory,
+        },
+        num_replicas: usize::try_from(s.replicas.max(1)).unwrap_or(1),
+        max_age: s.max_age.into(),
+        max_bytes: s.max_bytes,
+        max_messages: -1,
+        max_messages_per_subject: -1,
+        max_consumers: -1,
+        max_message_size: s
+            .max_msg_size
+            .unwrap_or(i32::try_from(DEFAULT_MAX_MSG_SIZE).unwrap_or(i32::MAX)),
+        duplicate_window: s.duplicate_window.into(),
+        discard: match s.discard {
+            qis_crds::DiscardPolicy::Old => DiscardPolicy::Old,
+            qis_crds::DiscardPolicy::New => DiscardPolicy::New,
+        },
+        metadata: HashMap::from([
+            (META_OWNER.to_owned(), format!("{namespace}/{name}")),
+            (
+                META_MANAGED_BY.to_owned(),
+                qis_crds::constants::MANAGED_BY.to_owned(),
+            ),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// Names (as in the CRD) of the fields where `live` differs from `desired`. The server adds
+/// metadata of its own (`_nats.*`); only our keys are compared.
+pub fn drift(live: &Config, desired: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |differs: bool, field: &'static str| {
+        if differs {
+            out.push(field);
+        }
+    };
+    check(live.subjects != desired.subjects, "subjects");
+    check(live.storage != desired.storage, "storage");
+    check(live.num_replicas != desired.num_replicas, "replicas");
+    check(live.max_age != desired.max_age, "maxAge");
+    check(live.max_bytes != desired.max_bytes, "maxBytes");
+    check(
+        live.max_message_size != desired.max_message_size,
+        "maxMsgSize",
+    );
+    check(
+        live.duplicate_window != desired.duplicate_window,
+        "duplicateWindow",
+    );
+    check(live.discard != desired.discard, "discard");
+    check(live.max_messages != desired.max_messages, "maxMsgs");
+    check(
+        live.max_messages_per_subject != desired.max_messages_per_subject,
+        "maxMsgsPerSubject",
+    );
+    check(live.retention != desired.retention, "retention");
+    check(
+        live.sealed || live.deny_delete || live.deny_purge,
+        "sealed/denyDelete/denyPurge",
+    );
+    check(live.description != desired.description, "description");
+    let ours_differ = desired
+        .metadata
+        .iter()
+        .any(|(k, v)| live.metadata.get(k) != Some(v));
+    check(ours_differ, "metadata");
+    out
+}
+
+/// Fields that differ and that the server cannot change on an existing stream.
+pub fn immutable_changes(live: &Config, desired: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if live.storage != desired.storage {
+        out.push("storage");
+    }
+    if live.retention != desired.retention {
+        out.push("retention");
+    }
+    out
+}
+
+/// Which swarm owns a stream, by its metadata.
+pub fn owner(config: &Config) -> Option<&str> {
+    config.metadata.get(META_OWNER).map(String::as_str)
+}
+
+/// Can a subject match both filters? Token-wise with NATS wildcards (`*` one token, `>` the rest).
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let (ta, tb): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), b.split('.').collect());
+    let mut i = 0;
+    loop {
+        match (ta.get(i), tb.get(i)) {
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => return true,
+            (Some(x), Some(y)) => {
+                if x != y && *x != "*" && *y != "*" {
+                    return false;
+                }
+            }
+            (None, None) => return true,
+            _ => return false,
+        }
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_are_edge_safe() {
+        let c = desired("factory", "plant", &QisSwarmSpec::default());
+        assert_eq!(c.name, "qis_factory_plant");
+        assert_eq!(c.subjects, ["qis.factory.plant.>"]);
+        assert_eq!(c.storage, StorageType::File);
+        assert_eq!(c.num_replicas, 1);
+        assert_eq!(c.max_age, Duration::from_secs(86400));
+        assert_eq!(c.max_message_size, 607);
+        assert_eq!(c.duplicate_window, Duration::from_secs(120));
+        assert_eq!(owner(&c), Some("factory/plant"));
+        assert!(drift(&c, &c).is_empty());
+    }
+
+    #[test]
+    fn drift_names_fields_and_ignores_server_metadata() {
+        let want = desired(
+            "ns",
+            "s",
+            &QisSwarmSpec {
+                subject_prefix: Some("qis.iot".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(want.subjects, ["qis.iot.>"]);
+        let mut live = want.clone();
+        live.metadata.insert("_nats.ver".into(), "2.15.1".into());
+        assert!(drift(&live, &want).is_empty());
+        live.max_age = Duration::from_secs(60);
+        live.storage = StorageType::Memory;
+        assert_eq!(drift(&live, &want), ["storage", "maxAge"]);
+        assert_eq!(immutable_changes(&live, &want), ["storage"]);
+    }
+
+    #[test]
+    fn overlap() {
+        assert!(filters_overlap("qis.iot.>", "qis.iot.hvac.>"));
+        assert!(filters_overlap("qis.*.hvac", "qis.iot.>"));
+        assert!(filters_overlap("qis.iot.>", "qis.iot.>"));
+        assert!(!filters_overlap("qis.iot.>", "qis.iot2.>"));
+        assert!(!filters_overlap("qis.iot", "qis.iot.>"));
+        assert!(!filters_overlap("a.b.c", "a.b"));
+    }
+}

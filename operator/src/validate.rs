@@ -1,0 +1,354 @@
+//! Checks of a spec that the CRD schema cannot express (or that an object applied without the
+//! schema could break). Pure: each failure names the field, and becomes `Ready=False,
+//! reason InvalidSpec`.
+
+use crate::error::Error;
+use qis_crds::addressing;
+use qis_crds::{AddressingMode, DeliverPolicy, QisSubjectSpec, QisSwarmSpec};
+use std::time::Duration;
+
+/// Smallest `maxMsgSize` that admits a 512-byte body with every header agents send.
+pub use crate::stream_config::MIN_MAX_MSG_SIZE;
+
+fn invalid(field: &str, message: impl Into<String>) -> Error {
+    Error::InvalidSpec {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Is `name` a DNS label (what object names built from it need)?
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Is `key` a valid label key (`[prefix/]name`)?
+pub fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    let prefix_ok =
+        prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.split('.').all(is_dns_label));
+    name_ok && prefix_ok
+}
+
+/// Checks a NATS server list: comma-separated URLs of a scheme NATS clients speak.
+pub fn check_nats_urls(field: &str, urls: &str) -> Result<(), Error> {
+    for url in urls.split(',').map(str::trim) {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(invalid(
+                field,
+                format!("{url:?} is not a URL (nats://host:port)"),
+            ));
+        };
+        if !["nats", "tls", "ws", "wss"].contains(&scheme) {
+            return Err(invalid(
+                field,
+                format!("{url:?}: scheme must be nats, tls, ws or wss"),
+            ));
+        }
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(invalid(field, format!("{url:?} has no host")));
+        }
+    }
+    Ok(())
+}
+
+/// Validates a swarm spec.
+pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
+    if let Some(prefix) = &spec.subject_prefix {
+        addressing::check_prefix(prefix)
+            .map_err(|e| invalid("spec.subjectPrefix", e.to_string()))?;
+    }
+    if let Some(url) = spec.nats.as_ref().and_then(|n| n.url.as_deref()) {
+        check_nats_urls("spec.nats.url", url)?;
+    }
+    if let Some(domain) = spec
+        .nats
+        .as_ref()
+        .and_then(|n| n.jetstream_domain.as_deref())
+    {
+        addressing::check_token("jetstream domain", domain)
+            .map_err(|e| invalid("spec.nats.jetstreamDomain", e.to_string()))?;
+    }
+    let s = &spec.stream;
+    let max_age = Duration::from(s.max_age);
+    let dup = Duration::from(s.duplicate_window);
+    if s.max_age.is_negative() || s.duplicate_window.is_negative() {
+        return Err(invalid("spec.stream", "durations must not be negative"));
+    }
+    if !max_age.is_zero() && dup > max_age {
+        return Err(invalid(
+            "spec.stream.duplicateWindow",
+            format!("{dup:?} is longer than maxAge {max_age:?}"),
+        ));
+    }
+    if let Some(size) = s.max_msg_size
+        && usize::try_from(size).unwrap_or(0) < MIN_MAX_MSG_SIZE
+    {
+        return Err(invalid(
+            "spec.stream.maxMsgSize",
+            format!(
+                "{size} is below {MIN_MAX_MSG_SIZE}, the size of a 512-byte packet with its headers"
+            ),
+        ));
+    }
+    if s.max_bytes == 0 || s.max_bytes < -1 {
+        return Err(invalid(
+            "spec.stream.maxBytes",
+            "must be -1 (no limit) or positive",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, site) in spec.sites.iter().enumerate() {
+        if !is_dns_label(&site.name) {
+            return Err(invalid(
+                &format!("spec.sites[{i}].name"),
+                format!("{:?} is not a DNS label", site.name),
+            ));
+        }
+        if !seen.insert(site.name.as_str()) {
+            return Err(invalid(
+                &format!("spec.sites[{i}].name"),
+                format!("site {:?} is listed twice", site.name),
+            ));
+        }
+    }
+    if let Some(d) = &spec.site_discovery
+        && !is_label_key(&d.node_label)
+    {
+        return Err(invalid(
+            "spec.siteDiscovery.nodeLabel",
+            format!("{:?} is not a label key", d.node_label),
+        ));
+    }
+    if spec
+        .agent
+        .image
+        .as_deref()
+        .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
+    {
+        return Err(invalid(
+            "spec.agent.image",
+            "must be an image reference without spaces",
+        ));
+    }
+    synthesis("spec.synthesis", &spec.synthesis)
+}
+
+fn synthesis(field: &str, s: &qis_crds::SynthesisSettings) -> Result<(), Error> {
+    if let Some(w) = s.window
+        && (w.is_negative() || Duration::from(w).is_zero())
+    {
+        return Err(invalid(&format!("{field}.window"), "must be positive"));
+    }
+    if let Some(t) = s.threshold
+        && !(0.0..=1.0).contains(&t)
+    {
+        return Err(invalid(&format!("{field}.threshold"), "must be in [0, 1]"));
+    }
+    if let Some(t) = s.trim_fraction
+        && !(0.0..=0.45).contains(&t)
+    {
+        return Err(invalid(
+            &format!("{field}.trimFraction"),
+            "must be in [0, 0.45]",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a subject spec.
+pub fn subject(spec: &QisSubjectSpec) -> Result<(), Error> {
+    addressing::check_domain(&spec.domain).map_err(|e| invalid("spec.domain", e.to_string()))?;
+    if let Some(pc) = &spec.problem_class {
+        addressing::check_token("problemClass", pc)
+            .map_err(|e| invalid("spec.problemClass", e.to_string()))?;
+    }
+    if let Some(a) = &spec.addressing {
+        if a.mode == AddressingMode::Hashed && spec.problem_class.is_none() {
+            return Err(invalid(
+                "spec.addressing.mode",
+                "hashed addressing needs a problemClass",
+            ));
+        }
+        if let Some(b) = &a.context_bucket {
+            addressing::check_token("contextBucket", b)
+                .map_err(|e| invalid("spec.addressing.contextBucket", e.to_string()))?;
+        }
+    }
+    let c = &spec.consumer;
+    match (c.deliver_policy, &c.opt_start_time) {
+        (DeliverPolicy::ByStartTime, None) => {
+            return Err(invalid(
+                "spec.consumer.optStartTime",
+                "required with deliverPolicy byStartTime",
+            ));
+        }
+        (DeliverPolicy::ByStartTime, Some(t)) => {
+            crate::consumer_config::parse_start_time(t)
+                .map_err(|e| invalid("spec.consumer.optStartTime", e))?;
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                "spec.consumer.optStartTime",
+                "only allowed with deliverPolicy byStartTime",
+            ));
+        }
+        _ => {}
+    }
+    if c.ack_wait.is_negative() || Duration::from(c.ack_wait).is_zero() {
+        return Err(invalid("spec.consumer.ackWait", "must be positive"));
+    }
+    if c.max_deliver == 0 || c.max_deliver < -1 {
+        return Err(invalid(
+            "spec.consumer.maxDeliver",
+            "must be -1 (no limit) or positive",
+        ));
+    }
+    if c.max_deliver != -1 && c.backoff.len() as i64 >= c.max_deliver {
+        return Err(invalid(
+            "spec.consumer.backoff",
+            "must have fewer entries than maxDeliver",
+        ));
+    }
+    if c.backoff
+        .iter()
+        .any(|b| b.0.is_negative() || Duration::from(b.0).is_zero())
+    {
+        return Err(invalid(
+            "spec.consumer.backoff",
+            "every delay must be positive",
+        ));
+    }
+    if c.max_ack_pending < 1 {
+        return Err(invalid("spec.consumer.maxAckPending", "must be positive"));
+    }
+    synthesis("spec.synthesis", &spec.synthesis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qis_crds::subject::BackoffDuration;
+    use qis_crds::{SiteSpec, SwarmRef};
+
+    fn field_of(r: Result<(), Error>) -> String {
+        match r {
+            Err(Error::InvalidSpec { field, .. }) => field,
+            other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+    }
+
+    fn subj() -> QisSubjectSpec {
+        QisSubjectSpec {
+            swarm_ref: SwarmRef {
+                name: "plant".into(),
+            },
+            domain: "hvac".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn swarm_rules_name_the_field() {
+        assert!(swarm(&QisSwarmSpec::default()).is_ok());
+        let mut s = QisSwarmSpec {
+            subject_prefix: Some("qis.>".into()),
+            ..Default::default()
+        };
+        assert_eq!(field_of(swarm(&s)), "spec.subjectPrefix");
+        s.subject_prefix = None;
+        s.stream.duplicate_window = std::time::Duration::from_secs(7 * 24 * 3600).into();
+        assert_eq!(field_of(swarm(&s)), "spec.stream.duplicateWindow");
+        s.stream = Default::default();
+        s.stream.max_msg_size = Some(512);
+        assert_eq!(field_of(swarm(&s)), "spec.stream.maxMsgSize");
+        s.stream = Default::default();
+        s.sites = vec![
+            SiteSpec {
+                name: "a".into(),
+                ..Default::default()
+            },
+            SiteSpec {
+                name: "a".into(),
+                ..Default::default()
+            },
+        ];
+        assert_eq!(field_of(swarm(&s)), "spec.sites[1].name");
+        s.sites = vec![SiteSpec {
+            name: "under_score".into(),
+            ..Default::default()
+        }];
+        assert_eq!(field_of(swarm(&s)), "spec.sites[0].name");
+        s.sites.clear();
+        s.nats = Some(qis_crds::NatsConnection {
+            url: Some("http://x".into()),
+            ..Default::default()
+        });
+        assert_eq!(field_of(swarm(&s)), "spec.nats.url");
+        s.nats = Some(qis_crds::NatsConnection {
+            url: Some("nats://a:4222, tls://b:4222".into()),
+            ..Default::default()
+        });
+        assert!(swarm(&s).is_ok());
+        s.stream.max_bytes = -2;
+        assert_eq!(field_of(swarm(&s)), "spec.stream.maxBytes");
+    }
+
+    #[test]
+    fn subject_rules_name_the_field() {
+        assert!(subject(&subj()).is_ok());
+        let mut s = subj();
+        s.domain = "hvac.>".into();
+        assert_eq!(field_of(subject(&s)), "spec.domain");
+        s = subj();
+        s.addressing = Some(qis_crds::Addressing {
+            mode: AddressingMode::Hashed,
+            context_bucket: None,
+        });
+        assert_eq!(field_of(subject(&s)), "spec.addressing.mode");
+        s = subj();
+        s.consumer.deliver_policy = DeliverPolicy::ByStartTime;
+        s.consumer.opt_start_time = Some("yesterday".into());
+        assert_eq!(field_of(subject(&s)), "spec.consumer.optStartTime");
+        s.consumer.opt_start_time = Some("2026-01-01T00:00:00Z".into());
+        assert!(subject(&s).is_ok());
+        s = subj();
+        s.consumer.max_deliver = 2;
+        s.consumer.backoff = vec![BackoffDuration(std::time::Duration::from_secs(1).into()); 2];
+        assert_eq!(field_of(subject(&s)), "spec.consumer.backoff");
+        s = subj();
+        s.synthesis.threshold = Some(1.5);
+        assert_eq!(field_of(subject(&s)), "spec.synthesis.threshold");
+    }
+
+    #[test]
+    fn label_keys() {
+        assert!(is_label_key("qis.dev/site"));
+        assert!(is_label_key("site"));
+        assert!(!is_label_key("qis.dev/"));
+        assert!(!is_label_key("-bad"));
+        assert!(!is_label_key("UPPER.dev/x"));
+    }
+}
