@@ -71,6 +71,16 @@ pub mod reason {
     pub const SWARM_NOT_FOUND: &str = "SwarmNotFound";
     /// Waiting for something that is on its way (replicas, the swarm's stream).
     pub const PROGRESSING: &str = "Progressing";
+    /// A Secret (or key) named in the spec does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The Kubernetes API refused or failed a request.
+    pub const KUBE_API_ERROR: &str = "KubeApiError";
+    /// Deletion gave up on NATS after the bounded wait and removed the finalizer.
+    pub const CLEANUP_ABANDONED: &str = "CleanupAbandoned";
+    /// An agent reports consensus.
+    pub const CONSENSUS_REPORTED: &str = "ConsensusReported";
+    /// No agent has reported consensus (yet, or lately).
+    pub const NO_REPORT: &str = "NoReport";
 }
 
 /// Hex characters of a packet id (`Nats-Msg-Id`).

@@ -31,6 +31,8 @@ pub enum Error {
     Finalizer(String),
     #[error("{0}")]
     Waiting(String),
+    #[error("{0}")]
+    MissingSecret(String),
 }
 
 impl Error {
@@ -39,22 +41,25 @@ impl Error {
             Error::InvalidSpec { .. } => Category::InvalidSpec,
             Error::NotSupported(_) => Category::NotSupported,
             Error::Conflict(_) => Category::Conflict,
-            Error::Nats(_) | Error::Kube(_) | Error::Finalizer(_) | Error::Waiting(_) => {
-                Category::Transient
-            }
+            Error::Nats(_)
+            | Error::Kube(_)
+            | Error::Finalizer(_)
+            | Error::Waiting(_)
+            | Error::MissingSecret(_) => Category::Transient,
         }
     }
 
-    /// Short label for metrics (`errors_total{reason=…}`).
-    pub fn metric_label(&self) -> &'static str {
+    /// The condition reason (and metrics label) this error reports as.
+    pub fn reason(&self) -> &'static str {
+        use qis_crds::constants::reason;
         match self {
-            Error::InvalidSpec { .. } => "InvalidSpec",
-            Error::NotSupported(_) => "NotSupported",
-            Error::Conflict(_) => "ResourceConflict",
-            Error::Nats(_) => "NatsUnavailable",
-            Error::Kube(_) => "KubeApi",
-            Error::Finalizer(_) => "Finalizer",
-            Error::Waiting(_) => "Waiting",
+            Error::InvalidSpec { .. } => reason::INVALID_SPEC,
+            Error::NotSupported(_) => reason::NOT_SUPPORTED,
+            Error::Conflict(_) => reason::RESOURCE_CONFLICT,
+            Error::Nats(_) => reason::NATS_UNAVAILABLE,
+            Error::Kube(_) | Error::Finalizer(_) => reason::KUBE_API_ERROR,
+            Error::Waiting(_) => reason::PROGRESSING,
+            Error::MissingSecret(_) => reason::SECRET_NOT_FOUND,
         }
     }
 

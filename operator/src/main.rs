@@ -1,9 +1,192 @@
-//! The operator binary (the controller comes with its own issue).
+//! The operator binary: flags and environment → [`qis_operator::run::run`].
 
-fn main() {
-    eprintln!(
-        "qis-operator {}: the controller is not built yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use clap::Parser;
+use qis_operator::context::Config;
+use qis_operator::leader::Election;
+use qis_operator::nats_connections::{Auth, Settings, Tls};
+use qis_operator::run::{Options, run};
+use qis_operator::workload::Defaults;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Kubernetes operator for QIS swarms on NATS JetStream"
+)]
+struct Args {
+    /// Default NATS server(s) for swarms that name none.
+    #[arg(
+        long,
+        env = "QIS_NATS_URL",
+        default_value = "nats://nats.nats.svc:4222"
+    )]
+    nats_url: String,
+    /// Default credentials: a .creds file.
+    #[arg(long, env = "QIS_NATS_CREDS_FILE")]
+    nats_creds_file: Option<PathBuf>,
+    /// Default credentials: a file holding an nkey seed.
+    #[arg(long, env = "QIS_NATS_NKEY_FILE")]
+    nats_nkey_file: Option<PathBuf>,
+    /// Default credentials: user name (with --nats-password-file).
+    #[arg(long, env = "QIS_NATS_USER")]
+    nats_user: Option<String>,
+    /// Default credentials: a file holding the password.
+    #[arg(long, env = "QIS_NATS_PASSWORD_FILE")]
+    nats_password_file: Option<PathBuf>,
+    /// Default credentials: a file holding a token.
+    #[arg(long, env = "QIS_NATS_TOKEN_FILE")]
+    nats_token_file: Option<PathBuf>,
+    /// Default TLS: CA certificate (PEM).
+    #[arg(long, env = "QIS_NATS_CA_FILE")]
+    nats_ca_file: Option<PathBuf>,
+    /// Default TLS: client certificate and key (PEM).
+    #[arg(long, env = "QIS_NATS_CERT_FILE", requires = "nats_key_file")]
+    nats_cert_file: Option<PathBuf>,
+    #[arg(long, env = "QIS_NATS_KEY_FILE")]
+    nats_key_file: Option<PathBuf>,
+    /// Default JetStream domain.
+    #[arg(long, env = "QIS_JETSTREAM_DOMAIN")]
+    jetstream_domain: Option<String>,
+    /// Agent image for swarms that name none.
+    #[arg(long, env = "QIS_AGENT_IMAGE", default_value = concat!("ghcr.io/qis-operator/qis-agent:", env!("CARGO_PKG_VERSION")))]
+    agent_image: String,
+    /// How often every object is looked at again (drift revert, live stream state).
+    #[arg(long, env = "QIS_RESYNC", default_value = "60s")]
+    resync: kube::core::Duration,
+    /// How long deletion retries an unreachable NATS before removing the finalizer.
+    #[arg(long, env = "QIS_DELETION_TIMEOUT", default_value = "5m")]
+    deletion_timeout: kube::core::Duration,
+    /// Bound on connecting to NATS and on each JetStream request.
+    #[arg(long, env = "QIS_NATS_TIMEOUT", default_value = "5s")]
+    nats_timeout: kube::core::Duration,
+    /// Address of /metrics, /healthz, /readyz.
+    #[arg(long, env = "QIS_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Hold a Lease before acting (on when the chart runs more than one replica).
+    #[arg(long, env = "QIS_LEADER_ELECT")]
+    leader_elect: bool,
+    #[arg(long, env = "QIS_LEASE_NAME", default_value = "qis-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "qis-system")]
+    lease_namespace: String,
+    /// This replica's identity (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Watch Nodes for site discovery (needs node read access).
+    #[arg(long, env = "QIS_WATCH_NODES", default_value_t = true, action = clap::ArgAction::Set)]
+    watch_nodes: bool,
+    /// Where TLS material is written for the NATS client.
+    #[arg(long, env = "QIS_SCRATCH_DIR", default_value = "/tmp/qis-operator")]
+    scratch_dir: PathBuf,
+    /// Log format.
+    #[arg(long, env = "QIS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+fn read(path: &Option<PathBuf>) -> Result<Option<String>, String> {
+    path.as_ref()
+        .map(|p| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())))
+        .transpose()
+}
+
+fn default_nats(a: &Args) -> Result<Settings, String> {
+    let auth = if let Some(c) = read(&a.nats_creds_file)? {
+        Auth::Creds(c)
+    } else if let Some(n) = read(&a.nats_nkey_file)? {
+        Auth::Nkey(n)
+    } else if let Some(u) = &a.nats_user {
+        let p = read(&a.nats_password_file)?.ok_or("--nats-user needs --nats-password-file")?;
+        Auth::UserPassword(u.clone(), p.trim_end().to_owned())
+    } else if let Some(t) = read(&a.nats_token_file)? {
+        Auth::Token(t)
+    } else {
+        Auth::None
+    };
+    let tls = match (
+        read(&a.nats_ca_file)?,
+        read(&a.nats_cert_file)?,
+        read(&a.nats_key_file)?,
+    ) {
+        (None, None, _) => None,
+        (ca, cert, key) => Some(Tls {
+            ca,
+            cert_and_key: cert.zip(key),
+        }),
+    };
+    Ok(Settings {
+        url: a.nats_url.clone(),
+        auth,
+        tls,
+        jetstream_domain: a.jetstream_domain.clone(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    if args.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let default_nats = match default_nats(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no Kubernetes client");
+            return ExitCode::from(1);
+        }
+    };
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("qis-operator-{}", std::process::id()));
+    let options = Options {
+        config: Config {
+            default_nats,
+            defaults: Defaults {
+                agent_image: args.agent_image.clone(),
+                nats_url: args.nats_url.clone(),
+            },
+            resync: args.resync.into(),
+            deletion_timeout: args.deletion_timeout.into(),
+            nats_timeout: args.nats_timeout.into(),
+            scratch_dir: args.scratch_dir.clone(),
+        },
+        listen: args.listen,
+        election: args.leader_elect.then(|| Election {
+            namespace: args.lease_namespace.clone(),
+            lease: args.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }),
+        watch_nodes: args.watch_nodes,
+        instance: Some(identity),
+    };
+    match run(client, options).await {
+        Ok(()) => {
+            tracing::info!("shut down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -1,0 +1,157 @@
+//! Wires the reconcilers into kube-runtime controllers, with the HTTP endpoints, leader
+//! election and graceful shutdown.
+
+use crate::context::{Config, Context};
+use crate::http::{Probe, router};
+use crate::leader::Election;
+use crate::metrics::Metrics;
+use crate::{error_policy, subject_reconciler, swarm_reconciler};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use qis_crds::{QisSubject, QisSwarm};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How the process runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: Config,
+    pub listen: SocketAddr,
+    /// Lease to hold before acting; `None` runs without election (one replica).
+    pub election: Option<Election>,
+    /// Watch Nodes for site discovery (needs cluster-wide node read access).
+    pub watch_nodes: bool,
+    /// Reported as the events' `reportingInstance` (the pod name).
+    pub instance: Option<String>,
+}
+
+/// Runs until SIGTERM/SIGINT, or until the leader lease is lost (then returns an error so the
+/// process exits and restarts as a candidate).
+pub async fn run(client: Client, options: Options) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", options.listen))?;
+    let app = router(Probe {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+
+    let lost_lease = match options.election.clone() {
+        Some(election) => {
+            election.acquire(&client).await;
+            let c = client.clone();
+            Some(tokio::spawn(async move { election.keep(&c).await }))
+        }
+        None => None,
+    };
+    metrics.leader.set(1);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        options.config.clone(),
+        metrics,
+        options.instance.clone(),
+    ));
+
+    let swarm_ctl = Controller::new(
+        Api::<DeserializeGuard<QisSwarm>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let swarm_store = swarm_ctl.store();
+    let mut swarm_ctl = swarm_ctl.owns(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=qis-operator"),
+    );
+    if options.watch_nodes {
+        let store = swarm_store.clone();
+        swarm_ctl = swarm_ctl.watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |node: Node| {
+                // Every swarm that discovers sites by a label this node carries.
+                let labels = node.labels().clone();
+                store
+                    .state()
+                    .into_iter()
+                    .filter_map(|g| {
+                        let s = g.0.as_ref().ok()?;
+                        let d = s.spec.site_discovery.as_ref()?;
+                        labels
+                            .contains_key(&d.node_label)
+                            .then(|| ObjectRef::from(g.as_ref()))
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+    }
+    let swarms = swarm_ctl
+        .shutdown_on_signal()
+        .run(swarm_reconciler::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "swarm controller");
+            }
+        });
+
+    let subject_ctl = Controller::new(
+        Api::<DeserializeGuard<QisSubject>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let subject_store = subject_ctl.store();
+    let subjects = subject_ctl
+        .watches(
+            Api::<QisSwarm>::all(client.clone()),
+            watcher::Config::default(),
+            move |swarm: QisSwarm| {
+                // Every subject of this swarm: it appeared, its sites or stream changed.
+                let (ns, name) = (swarm.namespace(), swarm.name_any());
+                subject_store
+                    .state()
+                    .into_iter()
+                    .filter_map(|g| {
+                        let s = g.0.as_ref().ok()?;
+                        (s.namespace() == ns && s.spec.swarm_ref.name == name)
+                            .then(|| ObjectRef::from(g.as_ref()))
+                    })
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(subject_reconciler::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "subject controller");
+            }
+        });
+
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!("controllers started");
+    let controllers = async {
+        futures::join!(swarms, subjects);
+    };
+    match lost_lease {
+        Some(lease) => {
+            tokio::select! {
+                _ = controllers => Ok(()),
+                _ = lease => Err("lost the leader lease".to_owned()),
+            }
+        }
+        None => {
+            controllers.await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Objects whose spec does not even deserialize (applied without the CRD schema, or by an
+//! older or newer CRD). They must not break the watch of the others (`DeserializeGuard`); they
+//! get `Ready=False, reason InvalidSpec` with the parser's message, and if they are being
+//! deleted, our finalizer is removed (we cannot read what to clean up) with a Warning.
+
+use crate::context::Context;
+use crate::error::Error;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Resource;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::Action;
+use qis_crds::constants::{condition, reason};
+use serde_json::json;
+
+pub async fn report<K>(
+    invalid: &InvalidObject,
+    finalizer: &str,
+    ctx: &Context,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let meta = &invalid.metadata;
+    let (Some(name), Some(ns)) = (meta.name.clone(), meta.namespace.clone()) else {
+        return Ok(Action::await_change());
+    };
+    let ar = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+    let reference = ObjectReference {
+        api_version: Some(ar.api_version.clone()),
+        kind: Some(ar.kind.clone()),
+        name: Some(name.clone()),
+        namespace: Some(ns.clone()),
+        uid: meta.uid.clone(),
+        ..Default::default()
+    };
+    let finalizers = meta.finalizers.clone().unwrap_or_default();
+    if meta.deletion_timestamp.is_some() {
+        if let Some(i) = finalizers.iter().position(|f| f == finalizer) {
+            let patch: json_patch::Patch = serde_json::from_value(json!([
+                { "op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer },
+                { "op": "remove", "path": format!("/metadata/finalizers/{i}") }
+            ]))
+            .map_err(|e| Error::Finalizer(e.to_string()))?;
+            api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await?;
+            let note = format!(
+                "the object could not be read ({}); its NATS objects were left as they are",
+                invalid.error
+            );
+            ctx.event(&reference, true, reason::CLEANUP_ABANDONED, "Delete", note)
+                .await;
+        }
+        return Ok(Action::await_change());
+    }
+    let message = format!("the object does not match the schema: {}", invalid.error);
+    let status = json!({ "status": {
+        "observedGeneration": meta.generation,
+        "conditions": [{
+            "type": condition::READY,
+            "status": "False",
+            "reason": reason::INVALID_SPEC,
+            "message": message,
+            "observedGeneration": meta.generation,
+            "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+        }]
+    }});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Err(Error::InvalidSpec {
+        field: "spec".into(),
+        message,
+    })
+}
