@@ -1,0 +1,735 @@
+//! The real operator binary against the Kubernetes API stand-in and a real nats-server:
+//! each test is one scenario of the operator issue, end to end.
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use qis_crds::{
+    DeletionPolicy, QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef,
+};
+use qis_testkit::NatsServer;
+use serde_json::json;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const NS: &str = "factory";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A stand-in API server, a nats-server and the operator binary, torn down on drop.
+struct Cluster {
+    nats: NatsServer,
+    client: Client,
+    operator: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.operator.kill();
+        let _ = self.operator.wait();
+    }
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let nats = NatsServer::start();
+        let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        let (addr, _store) = qis_kube_standin::spawn(Some(&crds), true)
+            .await
+            .expect("stand-in");
+        let dir = tempfile::tempdir().expect("tmp");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, qis_kube_standin::kubeconfig(addr)).expect("kubeconfig");
+        let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+        let client = Client::try_from(config).expect("client");
+        let operator = Command::new(env!("CARGO_BIN_EXE_qis-operator"))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn,qis_operator=info")
+            .args([
+                "--nats-url",
+                &nats.url(),
+                "--resync",
+                "2s",
+                "--deletion-timeout",
+                "3s",
+                "--nats-timeout",
+                "1s",
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", qis_testkit::free_port()),
+            ])
+            .arg("--scratch-dir")
+            .arg(dir.path().join("scratch"))
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("QIS_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("operator binary");
+        Cluster {
+            nats,
+            client,
+            operator,
+            dir,
+        }
+    }
+
+    fn swarms(&self) -> Api<QisSwarm> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    fn subjects(&self) -> Api<QisSubject> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn js(&self) -> jetstream::Context {
+        let mut js = jetstream::new(async_nats::connect(self.nats.url()).await.expect("nats"));
+        js.set_timeout(Duration::from_secs(2));
+        js
+    }
+}
+
+/// Polls `f` until it returns `Some`, or fails the test after `WAIT` saying what it waited for.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn condition<'a>(
+    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conds.iter().find(|c| c.type_ == t)
+}
+
+/// Waits until the swarm's condition `t` has `status` (and `reason`, when given).
+async fn swarm_condition(
+    c: &Cluster,
+    name: &str,
+    t: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> QisSwarm {
+    let api = c.swarms();
+    eventually(&format!("swarm {name} {t}={status} {reason:?}"), || {
+        let api = api.clone();
+        async move {
+            let s = api.get_opt(name).await.ok()??;
+            let cond = condition(&s.status.as_ref()?.conditions, t)?;
+            (cond.status == status && reason.is_none_or(|r| cond.reason == r)).then_some(s)
+        }
+    })
+    .await
+}
+
+async fn subject_condition(
+    c: &Cluster,
+    name: &str,
+    t: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> QisSubject {
+    let api = c.subjects();
+    eventually(&format!("subject {name} {t}={status} {reason:?}"), || {
+        let api = api.clone();
+        async move {
+            let s = api.get_opt(name).await.ok()??;
+            let cond = condition(&s.status.as_ref()?.conditions, t)?;
+            (cond.status == status && reason.is_none_or(|r| cond.reason == r)).then_some(s)
+        }
+    })
+    .await
+}
+
+fn swarm(name: &str, prefix: Option<&str>, sites: &[&str]) -> QisSwarm {
+    let spec = QisSwarmSpec {
+        subject_prefix: prefix.map(Into::into),
+        sites: sites
+            .iter()
+            .map(|s| SiteSpec {
+                name: (*s).into(),
+                replicas: 1,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    QisSwarm::new(name, spec)
+}
+
+fn subject(name: &str, swarm: &str, problem_class: &str) -> QisSubject {
+    QisSubject::new(
+        name,
+        QisSubjectSpec {
+            swarm_ref: SwarmRef { name: swarm.into() },
+            domain: "predictive-maintenance".into(),
+            problem_class: Some(problem_class.into()),
+            ..Default::default()
+        },
+    )
+}
+
+async fn consumer_names(js: &jetstream::Context, stream: &str) -> Vec<String> {
+    let mut names: Vec<String> = match js.get_stream(stream).await {
+        Ok(s) => {
+            s.consumer_names()
+                .filter_map(|n| async move { n.ok() })
+                .collect()
+                .await
+        }
+        Err(_) => vec![],
+    };
+    names.sort();
+    names
+}
+
+async fn events_with_reason(c: &Cluster, reason: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(c.client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Proves the main path: a swarm with three sites and a subject yield the stream, three
+/// per-site consumers on the subject's address, three restricted Deployments, the agents'
+/// RBAC, and Ready conditions with observedGeneration.
+#[tokio::test]
+async fn swarm_and_subject_become_ready() {
+    let c = Cluster::start().await;
+    let pp = PostParams::default();
+    c.swarms()
+        .create(
+            &pp,
+            &swarm("plant", Some("qis.iot"), &["hall-a", "hall-b", "hall-c"]),
+        )
+        .await
+        .expect("swarm");
+    c.subjects()
+        .create(&pp, &subject("bearing-wear", "plant", "bearing-wear"))
+        .await
+        .expect("subject");
+
+    let s = swarm_condition(&c, "plant", "Ready", "True", Some("Reconciled")).await;
+    let st = s.status.expect("status");
+    assert_eq!(st.observed_generation, s.metadata.generation);
+    assert_eq!(st.subject_prefix.as_deref(), Some("qis.iot"));
+    assert_eq!(
+        st.sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["hall-a", "hall-b", "hall-c"]
+    );
+    assert!(
+        s.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"qis.dev/stream".to_owned())
+    );
+
+    let sub = subject_condition(&c, "bearing-wear", "Ready", "True", None).await;
+    let sst = sub.status.expect("status");
+    assert_eq!(
+        sst.address.as_deref(),
+        Some("qis.iot.predictive-maintenance.bearing-wear")
+    );
+    assert_eq!(sst.consumers.len(), 3);
+
+    let js = c.js().await;
+    let info = js
+        .get_stream("qis_factory_plant")
+        .await
+        .expect("stream")
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.subjects, ["qis.iot.>"]);
+    assert_eq!(
+        consumer_names(&js, "qis_factory_plant").await,
+        [
+            "bearing-wear_hall-a",
+            "bearing-wear_hall-b",
+            "bearing-wear_hall-c"
+        ]
+    );
+    let consumer = js
+        .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+            "bearing-wear_hall-a",
+            "qis_factory_plant",
+        )
+        .await
+        .expect("consumer");
+    assert_eq!(
+        consumer.cached_info().config.filter_subject,
+        "qis.iot.predictive-maintenance.bearing-wear"
+    );
+
+    let deployments = Api::<Deployment>::namespaced(c.client.clone(), NS)
+        .list(&ListParams::default().labels("qis.dev/swarm=plant"))
+        .await
+        .expect("list");
+    assert_eq!(deployments.items.len(), 3);
+    let pod = deployments.items[0]
+        .spec
+        .clone()
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod");
+    assert_eq!(pod.service_account_name.as_deref(), Some("plant-agent"));
+    assert_eq!(
+        pod.containers[0]
+            .security_context
+            .as_ref()
+            .and_then(|s| s.allow_privilege_escalation),
+        Some(false)
+    );
+    assert!(
+        Api::<ServiceAccount>::namespaced(c.client.clone(), NS)
+            .get_opt("plant-agent")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        Api::<Role>::namespaced(c.client.clone(), NS)
+            .get_opt("plant-agent")
+            .await
+            .expect("get")
+            .is_some()
+    );
+    assert!(
+        Api::<RoleBinding>::namespaced(c.client.clone(), NS)
+            .get_opt("plant-agent")
+            .await
+            .expect("get")
+            .is_some()
+    );
+}
+
+/// Proves a subject whose swarm does not exist waits with SwarmNotFound and reconciles as
+/// soon as the swarm appears.
+#[tokio::test]
+async fn subject_waits_for_its_swarm() {
+    let c = Cluster::start().await;
+    let pp = PostParams::default();
+    c.subjects()
+        .create(&pp, &subject("early", "later", "bearing-wear"))
+        .await
+        .expect("subject");
+    subject_condition(&c, "early", "Ready", "False", Some("SwarmNotFound")).await;
+    c.swarms()
+        .create(&pp, &swarm("later", None, &[]))
+        .await
+        .expect("swarm");
+    let s = subject_condition(&c, "early", "Ready", "True", None).await;
+    assert_eq!(
+        s.status.expect("status").consumers[0].name,
+        "early_default",
+        "the default site"
+    );
+}
+
+/// Proves invalid input: a spec the schema cannot refuse is InvalidSpec naming the field; an
+/// object that does not even deserialize is reported too; neither stalls the valid swarm.
+#[tokio::test]
+async fn invalid_specs_are_reported_and_do_not_stall_others() {
+    let c = Cluster::start().await;
+    let pp = PostParams::default();
+    let mut bad = swarm("bad", Some("qis.bad"), &[]);
+    bad.spec.stream.duplicate_window = Duration::from_secs(3 * 86400).into();
+    c.swarms().create(&pp, &bad).await.expect("create");
+    let unreadable = json!({"apiVersion": "qis.dev/v1alpha1", "kind": "QisSwarm", "metadata": {"name": "garbled", "namespace": NS},
+        "spec": {"stream": {"replicas": "three"}}});
+    Api::<kube::api::DynamicObject>::namespaced_with(
+        c.client.clone(),
+        NS,
+        &kube::api::ApiResource::erase::<QisSwarm>(&()),
+    )
+    .create(&pp, &serde_json::from_value(unreadable).expect("object"))
+    .await
+    .expect("create garbled");
+    c.swarms()
+        .create(&pp, &swarm("good", Some("qis.good"), &[]))
+        .await
+        .expect("create");
+
+    let s = swarm_condition(&c, "bad", "Ready", "False", Some("InvalidSpec")).await;
+    let msg = condition(&s.status.expect("status").conditions, "Ready")
+        .expect("ready")
+        .message
+        .clone();
+    assert!(msg.contains("spec.stream.duplicateWindow"), "{msg}");
+    swarm_condition(&c, "good", "Ready", "True", None).await;
+    let raw = Api::<kube::api::DynamicObject>::namespaced_with(
+        c.client.clone(),
+        NS,
+        &kube::api::ApiResource::erase::<QisSwarm>(&()),
+    );
+    eventually("garbled swarm reported InvalidSpec", || {
+        let raw = raw.clone();
+        async move {
+            let o = raw.get("garbled").await.ok()?;
+            (o.data.pointer("/status/conditions/0/reason")? == "InvalidSpec").then_some(())
+        }
+    })
+    .await;
+    let js = c.js().await;
+    assert!(
+        js.get_stream("qis_factory_bad").await.is_err(),
+        "nothing made for an invalid spec"
+    );
+}
+
+/// Proves drift revert: a stream edited behind the operator's back is put back at the next
+/// resync, with a Drifted event.
+#[tokio::test]
+async fn drifted_stream_is_put_back() {
+    let c = Cluster::start().await;
+    c.swarms()
+        .create(&PostParams::default(), &swarm("plant", None, &[]))
+        .await
+        .expect("swarm");
+    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    let js = c.js().await;
+    let mut cfg = js
+        .get_stream("qis_factory_plant")
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    cfg.max_bytes = 4096;
+    js.update_stream(&cfg).await.expect("edit");
+    eventually("max_bytes reverted", || {
+        let js = js.clone();
+        async move {
+            let info = js
+                .get_stream("qis_factory_plant")
+                .await
+                .ok()?
+                .cached_info()
+                .clone();
+            (info.config.max_bytes == 50 * 1024 * 1024).then_some(())
+        }
+    })
+    .await;
+    eventually("Drifted event", || async {
+        (!events_with_reason(&c, "Drifted").await.is_empty()).then_some(())
+    })
+    .await;
+}
+
+/// Proves sites follow the spec: removing a site deletes its Deployment and the subject's
+/// consumer of that site.
+#[tokio::test]
+async fn removed_site_loses_deployment_and_consumers() {
+    let c = Cluster::start().await;
+    let pp = PostParams::default();
+    c.swarms()
+        .create(&pp, &swarm("plant", None, &["a", "b", "c"]))
+        .await
+        .expect("swarm");
+    c.subjects()
+        .create(&pp, &subject("wear", "plant", "bearing-wear"))
+        .await
+        .expect("subject");
+    subject_condition(&c, "wear", "Ready", "True", None).await;
+    let js = c.js().await;
+    assert_eq!(consumer_names(&js, "qis_factory_plant").await.len(), 3);
+
+    let patch = json!({"spec": {"sites": [{"name": "a"}, {"name": "b"}]}});
+    c.swarms()
+        .patch("plant", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    let deployments = Api::<Deployment>::namespaced(c.client.clone(), NS);
+    eventually("Deployment of site c deleted", || {
+        let d = deployments.clone();
+        async move {
+            d.get_opt("plant-agent-c")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    eventually("consumer of site c deleted", || {
+        let js = js.clone();
+        async move {
+            (consumer_names(&js, "qis_factory_plant").await == ["wear_a", "wear_b"]).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Proves overlapping subject spaces: the later swarm gets ResourceConflict and no agents;
+/// the earlier keeps working.
+#[tokio::test]
+async fn overlapping_swarm_conflicts() {
+    let c = Cluster::start().await;
+    let pp = PostParams::default();
+    c.swarms()
+        .create(&pp, &swarm("first", Some("qis.iot"), &[]))
+        .await
+        .expect("first");
+    swarm_condition(&c, "first", "Ready", "True", None).await;
+    c.swarms()
+        .create(&pp, &swarm("second", Some("qis.iot.hvac"), &[]))
+        .await
+        .expect("second");
+    let s = swarm_condition(&c, "second", "Ready", "False", Some("ResourceConflict")).await;
+    let msg = condition(&s.status.expect("status").conditions, "Ready")
+        .expect("ready")
+        .message
+        .clone();
+    assert!(msg.contains("qis_factory_first"), "{msg}");
+    let d = Api::<Deployment>::namespaced(c.client.clone(), NS)
+        .list(&ListParams::default().labels("qis.dev/swarm=second"))
+        .await
+        .expect("list");
+    assert!(d.items.is_empty(), "no agents for a conflicting swarm");
+    swarm_condition(&c, "first", "Ready", "True", None).await;
+}
+
+/// Proves a change the server cannot apply (replicas 3 on a single server) is NotSupported
+/// and destroys nothing.
+#[tokio::test]
+async fn unsupported_change_is_reported() {
+    let c = Cluster::start().await;
+    c.swarms()
+        .create(&PostParams::default(), &swarm("plant", None, &[]))
+        .await
+        .expect("swarm");
+    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    let js = c.js().await;
+    js.publish("qis.factory.plant.x.y", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let patch = json!({"spec": {"stream": {"replicas": 3}}});
+    c.swarms()
+        .patch("plant", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patch");
+    swarm_condition(&c, "plant", "StreamReady", "False", Some("NotSupported")).await;
+    let info = js
+        .get_stream("qis_factory_plant")
+        .await
+        .expect("still there")
+        .cached_info()
+        .clone();
+    assert_eq!(info.state.messages, 1);
+}
+
+/// Proves deletion policies: `delete` removes the stream, `retain` keeps it; a deleted subject
+/// takes its consumers with it; finalizers are released.
+#[tokio::test]
+async fn deletion_policies() {
+    let c = Cluster::start().await;
+    let pp = PostParams::default();
+    let mut kept = swarm("kept", Some("qis.kept"), &[]);
+    kept.spec.deletion_policy = DeletionPolicy::Retain;
+    c.swarms().create(&pp, &kept).await.expect("kept");
+    c.swarms()
+        .create(&pp, &swarm("gone", Some("qis.gone"), &[]))
+        .await
+        .expect("gone");
+    c.subjects()
+        .create(&pp, &subject("wear", "gone", "bearing-wear"))
+        .await
+        .expect("subject");
+    swarm_condition(&c, "kept", "Ready", "True", None).await;
+    subject_condition(&c, "wear", "Ready", "True", None).await;
+    let js = c.js().await;
+    assert_eq!(
+        consumer_names(&js, "qis_factory_gone").await,
+        ["wear_default"]
+    );
+
+    c.subjects()
+        .delete("wear", &DeleteParams::default())
+        .await
+        .expect("delete subject");
+    eventually("subject gone", || async {
+        c.subjects()
+            .get_opt("wear")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(consumer_names(&js, "qis_factory_gone").await.is_empty());
+
+    for name in ["kept", "gone"] {
+        c.swarms()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    eventually("swarms gone", || async {
+        c.swarms()
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        js.get_stream("qis_factory_gone").await.is_err(),
+        "deletionPolicy delete removes the stream"
+    );
+    assert!(
+        js.get_stream("qis_factory_kept").await.is_ok(),
+        "deletionPolicy retain keeps it"
+    );
+    let d = Api::<Deployment>::namespaced(c.client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .expect("list");
+    assert!(d.items.is_empty(), "Deployments go with their owner");
+}
+
+/// Proves NATS unreachable: conditions say NatsUnavailable and nothing is deleted; when NATS
+/// is back the swarm recovers by itself; deletion while NATS is away gives up after the
+/// bounded time with a CleanupAbandoned Warning instead of hanging.
+#[tokio::test]
+async fn nats_outage() {
+    let mut c = Cluster::start().await;
+    c.swarms()
+        .create(&PostParams::default(), &swarm("plant", None, &["a"]))
+        .await
+        .expect("swarm");
+    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    c.nats.kill();
+    swarm_condition(&c, "plant", "StreamReady", "False", Some("NatsUnavailable")).await;
+    let d = Api::<Deployment>::namespaced(c.client.clone(), NS);
+    assert!(
+        d.get_opt("plant-agent-a").await.expect("get").is_some(),
+        "agents stay while NATS is away"
+    );
+    c.nats.restart();
+    swarm_condition(&c, "plant", "Ready", "True", None).await;
+
+    c.nats.kill();
+    c.swarms()
+        .delete("plant", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("swarm deleted despite NATS being away", || async {
+        c.swarms()
+            .get_opt("plant")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(!events_with_reason(&c, "CleanupAbandoned").await.is_empty());
+}
+
+/// `kubectl` from the project's tools (1.35), or the one on PATH.
+fn kubectl() -> std::path::PathBuf {
+    let local = qis_testkit::workspace_root().join(".tools/bin/kubectl");
+    if local.exists() {
+        local
+    } else {
+        "kubectl".into()
+    }
+}
+
+/// Proves the user's path: `kubectl apply -f` of a swarm and a subject, then `kubectl get qsub`
+/// shows the address column and the swarm reports Ready, through the printer columns.
+// Multi-threaded: kubectl blocks a thread while the in-process stand-in serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_and_get() {
+    let c = Cluster::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifest = dir.path().join("swarm.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: qis.dev/v1alpha1\nkind: QisSwarm\nmetadata: {name: campus, namespace: factory}\nspec:\n  subjectPrefix: qis.campus\n  sites: [{name: north}, {name: south}]\n---\napiVersion: qis.dev/v1alpha1\nkind: QisSubject\nmetadata: {name: hvac-energy, namespace: factory}\nspec:\n  swarmRef: {name: campus}\n  domain: hvac\n  problemClass: energy-anomaly\n",
+    )
+    .expect("manifest");
+    let kubeconfig = c.dir.path().join("kubeconfig");
+    let run = |args: &[&str]| {
+        let out = Command::new(kubectl())
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let applied = run(&[
+        "apply",
+        "--validate=false",
+        "-f",
+        manifest.to_str().expect("utf8"),
+    ]);
+    assert!(
+        applied.contains("qisswarm.qis.dev/campus created"),
+        "{applied}"
+    );
+    subject_condition(&c, "hvac-energy", "Ready", "True", None).await;
+    let table = run(&["get", "qsub", "-n", NS]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "ADDRESS",
+            "CONSENSUS",
+            "STRENGTH",
+            "AGENTS",
+            "ALERT",
+            "AGE"
+        ]
+    );
+    assert!(table.contains("qis.campus.hvac.energy-anomaly"), "{table}");
+    let swarms = run(&["get", "qsw", "-n", NS]);
+    assert!(
+        swarms
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("True") && l.contains("qis_factory_campus")),
+        "{swarms}"
+    );
+}
