@@ -2,6 +2,22 @@
 //!
 //! - [`packet`]: the outcome packet, its seed-compatible wire format and headers.
 //! - [`synthesis`]: the consensus math, pure and incremental.
+//! - [`config`]: settings from a YAML file (standalone) or the pod's environment (cluster).
+//! - [`intake`]: the HTTP privacy firewall and local API.
+//! - [`deposit`] and [`outbox`]: pipelined publishing with an on-disk fallback.
+//! - [`twins`]: per-subject consumption, rebuild and synthesis.
+//! - [`report`] and [`cluster`]: the Kubernetes side (subjects in, consensus out).
+//! - [`run`]: the loop that ties them together.
 
+pub mod cluster;
+pub mod config;
+pub mod deposit;
+pub mod intake;
+pub mod metrics;
+pub mod nats;
+pub mod outbox;
 pub mod packet;
+pub mod report;
+pub mod run;
 pub mod synthesis;
+pub mod twins;

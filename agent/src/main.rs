@@ -1,4 +1,10 @@
-//! `qis-agent`: the edge agent. For now: synthesis of packet bodies from files or stdin.
+//! `qis-agent`: the edge agent.
+//!
+//! - `qis-agent run [--config agent.yaml]`: the agent loop (standalone with a file, cluster
+//!   mode from the pod's environment without one).
+//! - `qis-agent publish [--agent http://127.0.0.1:8080] [FILE…]`: hand outcome packets (JSON
+//!   lines) to a running agent's intake; refusals are printed with their rule.
+//! - `qis-agent synthesize [FILE…]`: offline synthesis of packet bodies.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use qis_agent::packet::{OutcomePacket, PacketMeta};
@@ -16,6 +22,23 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the agent: standalone with --config, in a cluster from the pod's environment.
+    Run {
+        /// Standalone YAML configuration; without it, cluster mode (QIS_* environment).
+        #[arg(long, env = "QIS_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        /// Log format.
+        #[arg(long, env = "QIS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+        log_format: String,
+    },
+    /// Hand outcome packets (one JSON object per line) to a running agent's intake.
+    Publish {
+        /// Files of packets; none or `-` reads stdin.
+        files: Vec<String>,
+        /// The agent's intake address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        agent: String,
+    },
     /// Synthesize outcome-packet bodies (one JSON object per line) into a consensus.
     Synthesize {
         /// Files of packet bodies; none or `-` reads stdin.
@@ -52,6 +75,8 @@ enum Method {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config, log_format } => run_agent(config, &log_format),
+        Command::Publish { files, agent } => publish(&files, &agent),
         Command::Synthesize {
             files,
             method,
@@ -78,6 +103,118 @@ fn main() -> ExitCode {
             };
             synthesize(&files, settings, now)
         }
+    }
+}
+
+fn run_agent(config: Option<std::path::PathBuf>, log_format: &str) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn,async_nats=warn".into());
+    if log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let config = match config {
+        Some(path) => qis_agent::config::Config::from_file(&path),
+        None => qis_agent::config::Config::from_env(|k| std::env::var(k).ok()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(qis_agent::run::run(config, None)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// POSTs one body to `addr` and returns (status, response body).
+fn post(addr: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr.trim_start_matches("http://"))?;
+    write!(
+        s,
+        "POST /v1/outcomes HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn publish(files: &[String], agent: &str) -> ExitCode {
+    let (mut sent, mut refused) = (0usize, 0usize);
+    let sources: Vec<String> = if files.is_empty() {
+        vec!["-".into()]
+    } else {
+        files.to_vec()
+    };
+    for source in &sources {
+        let reader: Box<dyn Read> = if source == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            match std::fs::File::open(source) {
+                Ok(f) => Box::new(f),
+                Err(e) => {
+                    eprintln!("error: {source}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        };
+        for (n, line) in BufReader::new(reader).lines().enumerate() {
+            let Ok(line) = line else {
+                return ExitCode::from(2);
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match post(agent, line.trim()) {
+                Ok((202, _)) => sent += 1,
+                Ok((code, body)) => {
+                    refused += 1;
+                    eprintln!("refused {source}:{}: {code} {body}", n + 1);
+                }
+                Err(e) => {
+                    eprintln!("error: agent at {agent}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+    }
+    println!("{sent} accepted, {refused} refused");
+    if refused > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

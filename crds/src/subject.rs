@@ -246,3 +246,36 @@ pub struct Consensus {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reporting_agent: String,
 }
+
+/// The NATS address of a subject: hashed (`<prefix>.fp.<fingerprint>`) when its addressing
+/// says so and it has a problem class, readable (`<prefix>.<domain>.<problemClass>` or the
+/// domain-wide `<prefix>.<domain>.>`) otherwise.
+pub fn address_of(
+    prefix: &str,
+    domain: &str,
+    problem_class: Option<&str>,
+    addressing: Option<&Addressing>,
+) -> String {
+    let mode = addressing.map(|a| a.mode).unwrap_or_default();
+    match (mode, problem_class) {
+        (AddressingMode::Hashed, Some(pc)) => {
+            let bucket = addressing
+                .and_then(|a| a.context_bucket.as_deref())
+                .unwrap_or(crate::addressing::DEFAULT_BUCKET);
+            crate::addressing::hashed_address(prefix, domain, pc, bucket)
+        }
+        (_, pc) => crate::addressing::readable_address(prefix, domain, pc),
+    }
+}
+
+impl QisSubjectSpec {
+    /// This subject's NATS address under `prefix` (see [`address_of`]).
+    pub fn address(&self, prefix: &str) -> String {
+        address_of(
+            prefix,
+            &self.domain,
+            self.problem_class.as_deref(),
+            self.addressing.as_ref(),
+        )
+    }
+}

@@ -9,8 +9,8 @@
 
 use async_nats::jetstream::consumer::pull::Config;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy};
-use qis_crds::addressing::{self, DEFAULT_BUCKET};
-use qis_crds::{AddressingMode, DeliverPolicy as SpecDeliver, QisSubjectSpec};
+use qis_crds::addressing;
+use qis_crds::{DeliverPolicy as SpecDeliver, QisSubjectSpec};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -25,18 +25,7 @@ pub const META_SITE: &str = "qis.dev/site";
 
 /// The NATS address of a subject (the consumers' filter).
 pub fn address(prefix: &str, spec: &QisSubjectSpec) -> String {
-    let mode = spec.addressing.as_ref().map(|a| a.mode).unwrap_or_default();
-    match (mode, spec.problem_class.as_deref()) {
-        (AddressingMode::Hashed, Some(pc)) => {
-            let bucket = spec
-                .addressing
-                .as_ref()
-                .and_then(|a| a.context_bucket.as_deref())
-                .unwrap_or(DEFAULT_BUCKET);
-            addressing::hashed_address(prefix, &spec.domain, pc, bucket)
-        }
-        (_, pc) => addressing::readable_address(prefix, &spec.domain, pc),
-    }
+    spec.address(prefix)
 }
 
 /// Parses an RFC 3339 start time.
@@ -148,7 +137,7 @@ pub fn immutable_changes(live: &Config, desired: &Config) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qis_crds::{Addressing, SwarmRef};
+    use qis_crds::{Addressing, AddressingMode, SwarmRef};
 
     fn spec(problem_class: Option<&str>) -> QisSubjectSpec {
         QisSubjectSpec {

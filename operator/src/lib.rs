@@ -12,7 +12,6 @@ pub mod context;
 pub mod error;
 pub mod http;
 pub mod jetstream;
-pub mod leader;
 pub mod metrics;
 pub mod nats_connections;
 pub mod nats_settings;

@@ -1,8 +1,8 @@
 //! The operator binary: flags and environment → [`qis_operator::run::run`].
 
 use clap::Parser;
+use qis_lease::LeaseLock;
 use qis_operator::context::Config;
-use qis_operator::leader::Election;
 use qis_operator::nats_connections::{Auth, Settings, Tls};
 use qis_operator::run::{Options, run};
 use qis_operator::workload::Defaults;
@@ -169,7 +169,7 @@ async fn main() -> ExitCode {
             scratch_dir: args.scratch_dir.clone(),
         },
         listen: args.listen,
-        election: args.leader_elect.then(|| Election {
+        election: args.leader_elect.then(|| LeaseLock {
             namespace: args.lease_namespace.clone(),
             lease: args.lease_name.clone(),
             identity: identity.clone(),

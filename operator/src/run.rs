@@ -3,7 +3,6 @@
 
 use crate::context::{Config, Context};
 use crate::http::{Probe, router};
-use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::{error_policy, subject_reconciler, swarm_reconciler};
 use futures::StreamExt;
@@ -15,6 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use qis_crds::{QisSubject, QisSwarm};
+use qis_lease::LeaseLock;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +25,7 @@ pub struct Options {
     pub config: Config,
     pub listen: SocketAddr,
     /// Lease to hold before acting; `None` runs without election (one replica).
-    pub election: Option<Election>,
+    pub election: Option<LeaseLock>,
     /// Watch Nodes for site discovery (needs cluster-wide node read access).
     pub watch_nodes: bool,
     /// Reported as the events' `reportingInstance` (the pod name).

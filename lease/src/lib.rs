@@ -1,7 +1,7 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease, so that two operator replicas never
-//! both act. The process waits to hold the lease before it starts its controllers, renews it
-//! in the background, and exits if it cannot renew within the lease duration (the kubelet
-//! restarts it as a candidate). Optimistic concurrency (`resourceVersion`) decides races.
+//! One holder at a time, on a `coordination.k8s.io/v1` Lease: the operator's leader election
+//! (two replicas never both act) and the agents' single reporter per subject (one status
+//! writer however many sites run). A holder that has not renewed within the lease duration
+//! has lost it; optimistic concurrency (`resourceVersion`) decides races.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// Who competes for which lease.
 #[derive(Debug, Clone)]
-pub struct Election {
+pub struct LeaseLock {
     pub namespace: String,
     pub lease: String,
     pub identity: String,
@@ -22,12 +22,16 @@ pub struct Election {
     pub renew_every: Duration,
 }
 
-enum Attempt {
+/// The outcome of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// We hold the lease (acquired or renewed).
     Held,
+    /// Another identity holds it and has renewed in time.
     HeldByOther(String),
 }
 
-impl Election {
+impl LeaseLock {
     fn api(&self, client: &Client) -> Api<Lease> {
         Api::namespaced(client.clone(), &self.namespace)
     }
@@ -54,7 +58,8 @@ impl Election {
         }
     }
 
-    async fn try_once(&self, client: &Client) -> Result<Attempt, kube::Error> {
+    /// Acquires the lease if it is free or expired, renews it if it is ours.
+    pub async fn try_once(&self, client: &Client) -> Result<Attempt, kube::Error> {
         let api = self.api(client);
         match api.get_opt(&self.lease).await? {
             None => {
@@ -97,7 +102,7 @@ impl Election {
         loop {
             match self.try_once(client).await {
                 Ok(Attempt::Held) => {
-                    tracing::info!(lease = %self.lease, identity = %self.identity, "became leader");
+                    tracing::info!(lease = %self.lease, identity = %self.identity, "holding the lease");
                     return;
                 }
                 Ok(Attempt::HeldByOther(holder)) => {
@@ -110,7 +115,7 @@ impl Election {
     }
 
     /// Renews forever; returns when the lease is lost (another holder, or no renewal within
-    /// the lease duration). The caller must stop acting (the binary exits).
+    /// the lease duration). The caller must stop acting.
     pub async fn keep(&self, client: &Client) {
         let mut last_renewed = tokio::time::Instant::now();
         loop {
@@ -118,11 +123,11 @@ impl Election {
             match self.try_once(client).await {
                 Ok(Attempt::Held) => last_renewed = tokio::time::Instant::now(),
                 Ok(Attempt::HeldByOther(holder)) => {
-                    tracing::error!(%holder, "lost the leader lease");
+                    tracing::error!(%holder, lease = %self.lease, "lost the lease");
                     return;
                 }
                 Err(e) if last_renewed.elapsed() > self.lease_duration => {
-                    tracing::error!(error = %e, "could not renew the leader lease in time");
+                    tracing::error!(error = %e, lease = %self.lease, "could not renew the lease in time");
                     return;
                 }
                 Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),

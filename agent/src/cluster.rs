@@ -1,0 +1,76 @@
+//! Cluster mode: the agent finds its swarm's subjects through the Kubernetes API and follows
+//! their changes without a restart.
+
+use crate::twins::SubjectSpec;
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use qis_crds::{QisSubject, QisSwarm, SynthesisSettings};
+use tokio::sync::watch;
+
+/// The subjects of a swarm (sorted by name) and the swarm's synthesis defaults.
+pub type Subjects = (Vec<SubjectSpec>, SynthesisSettings);
+
+fn spec_of(prefix: &str, s: &QisSubject) -> SubjectSpec {
+    SubjectSpec {
+        name: s.name_any(),
+        domain: s.spec.domain.clone(),
+        problem_class: s.spec.problem_class.clone(),
+        address: s.spec.address(prefix),
+        synthesis: s.spec.synthesis.clone(),
+    }
+}
+
+/// Watches the swarm's subjects; sends the whole set on every change.
+pub fn follow(
+    client: Client,
+    namespace: String,
+    swarm: String,
+    prefix: String,
+) -> watch::Receiver<Subjects> {
+    let (tx, rx) = watch::channel((Vec::new(), SynthesisSettings::default()));
+    tokio::spawn(async move {
+        let subjects: Api<QisSubject> = Api::namespaced(client.clone(), &namespace);
+        let swarms: Api<QisSwarm> = Api::namespaced(client, &namespace);
+        let (reader, writer) = reflector::store();
+        let mut events = reflector(writer, watcher(subjects, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .boxed();
+        let mut refresh = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                e = events.next() => match e {
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => { tracing::debug!(error = %err, "subject watch"); continue; }
+                    None => return,
+                },
+                _ = refresh.tick() => {}
+            }
+            let defaults = swarms
+                .get_opt(&swarm)
+                .await
+                .ok()
+                .flatten()
+                .map(|s| s.spec.synthesis)
+                .unwrap_or_default();
+            let mut specs: Vec<SubjectSpec> = reader
+                .state()
+                .iter()
+                .filter(|s| {
+                    s.spec.swarm_ref.name == swarm && s.metadata.deletion_timestamp.is_none()
+                })
+                .map(|s| spec_of(&prefix, s))
+                .collect();
+            specs.sort_by(|a, b| a.name.cmp(&b.name));
+            tx.send_if_modified(|cur| {
+                let changed = cur.0 != specs || cur.1 != defaults;
+                if changed {
+                    *cur = (specs, defaults);
+                }
+                changed
+            });
+        }
+    });
+    rx
+}

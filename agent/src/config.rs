@@ -1,0 +1,334 @@
+//! The agent's settings: from a YAML file on a bare device (standalone), or from the pod the
+//! operator made (environment, with subjects found through the Kubernetes API).
+
+use qis_crds::addressing;
+use qis_crds::{Addressing, SynthesisSettings};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}: {1}")]
+    File(PathBuf, String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("environment variable {0} is not set")]
+    MissingEnv(&'static str),
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// A `.creds` file.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// A file holding an nkey seed.
+    #[serde(default)]
+    pub nkey_file: Option<PathBuf>,
+    /// User name (with `passwordFile`).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A file holding a token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM); makes TLS required.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// JetStream domain.
+    #[serde(default)]
+    pub jetstream_domain: Option<String>,
+}
+
+/// One subject the agent synthesizes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubjectConfig {
+    /// Name (a DNS label); the durable consumer is `<name>_<site>`.
+    pub name: String,
+    pub domain: String,
+    /// Left out: the whole domain.
+    #[serde(default)]
+    pub problem_class: Option<String>,
+    #[serde(default)]
+    pub addressing: Option<Addressing>,
+    #[serde(default)]
+    pub synthesis: SynthesisSettings,
+}
+
+impl SubjectConfig {
+    /// The NATS address of this subject under `prefix`.
+    pub fn address(&self, prefix: &str) -> String {
+        qis_crds::subject::address_of(
+            prefix,
+            &self.domain,
+            self.problem_class.as_deref(),
+            self.addressing.as_ref(),
+        )
+    }
+
+    fn check(&self, i: usize) -> Result<(), ConfigError> {
+        let f = |s: &str| format!("subjects[{i}].{s}");
+        if self.name.is_empty() || self.name.contains(['_', '.', ' ']) {
+            return Err(invalid(&f("name"), "must be a DNS label"));
+        }
+        addressing::check_domain(&self.domain).map_err(|e| invalid(&f("domain"), e.to_string()))?;
+        if let Some(pc) = &self.problem_class {
+            addressing::check_token("problemClass", pc)
+                .map_err(|e| invalid(&f("problemClass"), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A standalone agent's YAML file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    /// This device's identity (pod name in a cluster).
+    pub agent_id: String,
+    /// The site this device belongs to (one consumer identity per site).
+    pub site: String,
+    pub nats: NatsConfig,
+    /// Subject prefix of the swarm, e.g. `qis.iot`.
+    pub subject_prefix: String,
+    /// The swarm's stream.
+    pub stream: String,
+    /// Create the stream and the consumers when they are missing (no operator on a bare
+    /// device). Default `true`.
+    #[serde(default = "yes")]
+    pub manage_jetstream: bool,
+    #[serde(default)]
+    pub subjects: Vec<SubjectConfig>,
+    /// Synthesis defaults of every subject.
+    #[serde(default)]
+    pub synthesis: SynthesisSettings,
+    /// Intake and local API address. Default `127.0.0.1:8080` (loopback: the privacy firewall
+    /// is not on the network).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where the outbox lives. Default `./qis-data`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Outbox capacity in packets; when full the oldest is dropped. Default 10000.
+    #[serde(default = "default_outbox")]
+    pub outbox_max: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("qis-data")
+}
+fn default_outbox() -> usize {
+    10_000
+}
+
+/// Where the agent runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// A bare device: subjects from the file.
+    Standalone {
+        subjects: Vec<SubjectConfig>,
+        defaults: SynthesisSettings,
+    },
+    /// A pod made by the operator: subjects from the API, status written back.
+    Cluster { namespace: String, swarm: String },
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub agent_id: String,
+    pub site: String,
+    pub nats: NatsConfig,
+    pub prefix: String,
+    pub stream: String,
+    pub manage_jetstream: bool,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub outbox_max: usize,
+    pub mode: Mode,
+    /// Least time between two status writes of one subject.
+    pub report_interval: Duration,
+}
+
+impl Config {
+    /// Reads and checks a standalone YAML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File(path.to_owned(), e.to_string()))?;
+        let f: FileConfig = serde_yaml::from_str(&text)
+            .map_err(|e| ConfigError::File(path.to_owned(), e.to_string()))?;
+        Self::from_file_config(f)
+    }
+
+    pub fn from_file_config(f: FileConfig) -> Result<Config, ConfigError> {
+        addressing::check_prefix(&f.subject_prefix)
+            .map_err(|e| invalid("subjectPrefix", e.to_string()))?;
+        addressing::check_token("site", &f.site).map_err(|e| invalid("site", e.to_string()))?;
+        if f.agent_id.trim().is_empty() {
+            return Err(invalid("agentId", "must not be empty"));
+        }
+        for (i, s) in f.subjects.iter().enumerate() {
+            s.check(i)?;
+        }
+        Ok(Config {
+            agent_id: f.agent_id,
+            site: f.site,
+            nats: f.nats,
+            prefix: f.subject_prefix,
+            stream: f.stream,
+            manage_jetstream: f.manage_jetstream,
+            listen: f.listen,
+            data_dir: f.data_dir,
+            outbox_max: f.outbox_max.max(1),
+            mode: Mode::Standalone {
+                subjects: f.subjects,
+                defaults: f.synthesis,
+            },
+            report_interval: Duration::from_secs(5),
+        })
+    }
+
+    /// Reads the environment the operator gives an agent pod.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let need = |k: &'static str| {
+            get(k)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::MissingEnv(k))
+        };
+        let dir = get("QIS_NATS_CREDENTIALS_DIR").map(PathBuf::from);
+        let in_dir = |file: &str| dir.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
+        let tls = get("QIS_NATS_TLS_DIR").map(PathBuf::from);
+        let in_tls = |file: &str| tls.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
+        let user = in_dir("username").map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        });
+        let nats = NatsConfig {
+            url: need("QIS_NATS_URL")?,
+            creds_file: in_dir("creds"),
+            nkey_file: in_dir("nkey"),
+            user,
+            password_file: in_dir("password"),
+            token_file: in_dir("token"),
+            ca_file: in_tls("ca.crt"),
+            cert_file: in_tls("tls.crt"),
+            key_file: in_tls("tls.key"),
+            jetstream_domain: get("QIS_JETSTREAM_DOMAIN").filter(|v| !v.is_empty()),
+        };
+        let listen = match get("QIS_LISTEN") {
+            Some(l) => l
+                .parse()
+                .map_err(|e| invalid("QIS_LISTEN", format!("{e}")))?,
+            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+        };
+        Ok(Config {
+            agent_id: need("QIS_POD_NAME")?,
+            site: need("QIS_SITE")?,
+            nats,
+            prefix: need("QIS_SUBJECT_PREFIX")?,
+            stream: need("QIS_STREAM")?,
+            manage_jetstream: false,
+            listen,
+            data_dir: get("QIS_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(default_data_dir),
+            outbox_max: get("QIS_OUTBOX_MAX")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(default_outbox),
+            mode: Mode::Cluster {
+                namespace: need("QIS_NAMESPACE")?,
+                swarm: need("QIS_SWARM")?,
+            },
+            report_interval: get("QIS_REPORT_INTERVAL")
+                .and_then(|v| v.parse::<qis_crds::Duration>().ok())
+                .map(Into::into)
+                .unwrap_or(Duration::from_secs(5)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standalone_file_is_checked() {
+        let yaml = "agentId: pump-7\nsite: hall-a\nnats: {url: 'nats://127.0.0.1:4222'}\nsubjectPrefix: qis.iot\nstream: QIS\nsubjects:\n- {name: wear, domain: predictive-maintenance, problemClass: bearing-wear}\n";
+        let c = Config::from_file_config(serde_yaml::from_str(yaml).unwrap()).unwrap();
+        assert_eq!(c.listen, default_listen(), "loopback by default");
+        let Mode::Standalone { subjects, .. } = &c.mode else {
+            panic!("standalone")
+        };
+        assert_eq!(
+            subjects[0].address(&c.prefix),
+            "qis.iot.predictive-maintenance.bearing-wear"
+        );
+        let bad = yaml.replace("domain: predictive-maintenance", "domain: 'hvac.>'");
+        assert!(Config::from_file_config(serde_yaml::from_str(&bad).unwrap()).is_err());
+        let unknown = format!("{yaml}extra: 1\n");
+        assert!(
+            serde_yaml::from_str::<FileConfig>(&unknown).is_err(),
+            "unknown settings are refused"
+        );
+    }
+
+    #[test]
+    fn cluster_env() {
+        let env = |k: &str| -> Option<String> {
+            Some(
+                match k {
+                    "QIS_NATS_URL" => "nats://nats:4222",
+                    "QIS_POD_NAME" => "plant-agent-a-x1",
+                    "QIS_SITE" => "a",
+                    "QIS_SUBJECT_PREFIX" => "qis.f.plant",
+                    "QIS_STREAM" => "qis_f_plant",
+                    "QIS_NAMESPACE" => "f",
+                    "QIS_SWARM" => "plant",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let c = Config::from_env(env).unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Cluster {
+                namespace: "f".into(),
+                swarm: "plant".into()
+            }
+        );
+        assert!(!c.manage_jetstream);
+        assert!(matches!(
+            Config::from_env(|_| None),
+            Err(ConfigError::MissingEnv(_))
+        ));
+    }
+}

@@ -1,0 +1,129 @@
+//! Prometheus metrics of the agent.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubjectLabel {
+    pub subject: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    /// Packets taken in through the intake.
+    pub packets_in: Counter,
+    /// Packets refused (intake or twins), by the rule they broke.
+    pub packets_refused: Family<RuleLabel, Counter>,
+    /// Packets deposited (acked by JetStream).
+    pub packets_out: Counter,
+    /// Twins received from consumers.
+    pub twins_in: Counter,
+    /// Twins that were duplicates or redeliveries (changed nothing).
+    pub twins_duplicate: Counter,
+    /// Synthesis packets published.
+    pub synthesis_out: Counter,
+    pub outbox_depth: Gauge,
+    pub outbox_dropped: Counter,
+    /// Messages pending on each subject's consumer (consumer lag).
+    pub consumer_lag: Family<SubjectLabel, Gauge>,
+    /// Time to take one twin into the synthesis state (decode, ingest), seconds.
+    pub synthesis_latency: Histogram,
+    /// Status writes of consensus.
+    pub status_writes: Counter,
+    pub registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("qis_agent");
+        let m = Metrics {
+            packets_in: Counter::default(),
+            packets_refused: Family::default(),
+            packets_out: Counter::default(),
+            twins_in: Counter::default(),
+            twins_duplicate: Counter::default(),
+            synthesis_out: Counter::default(),
+            outbox_depth: Gauge::default(),
+            outbox_dropped: Counter::default(),
+            consumer_lag: Family::default(),
+            synthesis_latency: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
+            status_writes: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "packets_in",
+            "Packets taken in through the intake",
+            m.packets_in.clone(),
+        );
+        registry.register(
+            "packets_refused",
+            "Packets refused, by rule",
+            m.packets_refused.clone(),
+        );
+        registry.register(
+            "packets_out",
+            "Packets deposited (acked)",
+            m.packets_out.clone(),
+        );
+        registry.register("twins_in", "Twins received", m.twins_in.clone());
+        registry.register(
+            "twins_duplicate",
+            "Twins that changed nothing (duplicates, redeliveries)",
+            m.twins_duplicate.clone(),
+        );
+        registry.register(
+            "synthesis_out",
+            "Synthesis packets published",
+            m.synthesis_out.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Packets waiting in the outbox",
+            m.outbox_depth.clone(),
+        );
+        registry.register(
+            "outbox_dropped",
+            "Packets dropped because the outbox was full",
+            m.outbox_dropped.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Messages pending on the subject's consumer",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "synthesis_latency_seconds",
+            "Time to take a twin into the synthesis state",
+            m.synthesis_latency.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Consensus status writes",
+            m.status_writes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn refused(&self, rule: &'static str) {
+        self.packets_refused
+            .get_or_create(&RuleLabel { rule })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,370 @@
+//! Twins: one worker per subject. It rebuilds the synthesis state from the stream (the window
+//! of packets already stored, so a restarted or newly joined agent covers the same window as
+//! before), then consumes the site's durable consumer in batches as the pinned client of its
+//! site (standby replicas wait), takes each packet into the synthesis state before acking it,
+//! keeps the local view current, and publishes a synthesis packet when the consensus changes
+//! materially (rate-limited, never a vote).
+
+use crate::config::Config;
+use crate::deposit::Depositor;
+use crate::metrics::{Metrics, SubjectLabel};
+use crate::outbox::Entry;
+use crate::packet::{OutcomePacket, PacketKind, PacketMeta};
+use crate::synthesis::{Ingest, Settings, Snapshot, Synthesizer};
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PriorityPolicy, pull};
+use async_nats::jetstream::{AckKind, Context, Message};
+use futures::StreamExt;
+use qis_crds::{SynthesisSettings, addressing};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Priority group of the site's agents (the operator configures the same).
+pub const PRIORITY_GROUP: &str = "qis-agents";
+/// Pull expiry: well below the pin TTL, so an active agent keeps its pin.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How often the consensus is recomputed for the local view.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
+/// How long the rebuild waits for a first message of a subject with no history.
+const REBUILD_IDLE: Duration = Duration::from_millis(300);
+
+/// What the agent knows about one subject, for the HTTP view and the reporter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    pub address: String,
+    pub consumer: String,
+    pub bound: bool,
+    pub snapshot: Option<Snapshot>,
+    /// Seconds since the epoch of the snapshot.
+    pub at: f64,
+}
+
+pub type Views = Arc<RwLock<BTreeMap<String, View>>>;
+
+/// One subject, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectSpec {
+    pub name: String,
+    pub domain: String,
+    pub problem_class: Option<String>,
+    pub address: String,
+    pub synthesis: SynthesisSettings,
+}
+
+impl SubjectSpec {
+    pub fn consumer(&self, site: &str) -> String {
+        addressing::consumer_name(&self.name, site)
+    }
+}
+
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What a worker needs.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub js: Context,
+    pub depositor: Depositor,
+    pub metrics: Arc<Metrics>,
+    pub views: Views,
+}
+
+fn set_view(shared: &Shared, name: &str, f: impl FnOnce(&mut View)) {
+    let mut views = shared
+        .views
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(views.entry(name.to_owned()).or_default());
+}
+
+/// The consumer a standalone agent makes when there is no operator (same settings the
+/// operator would use).
+fn standalone_consumer(name: &str, address: &str) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_owned()),
+        name: Some(name.to_owned()),
+        filter_subject: address.to_owned(),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 10,
+        max_ack_pending: 1000,
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec![PRIORITY_GROUP.to_owned()],
+        priority_timeout: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
+/// Decodes a received message and takes it into `synth`; acks are the caller's.
+fn take(
+    synth: &mut Synthesizer,
+    msg: &Message,
+    max_hops: u8,
+    metrics: &Metrics,
+) -> Result<Ingest, &'static str> {
+    let headers = msg.headers.as_ref();
+    let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    let meta = PacketMeta::from_headers(get, &msg.payload).map_err(|e| e.rule())?;
+    let packet = OutcomePacket::decode(&msg.payload).map_err(|e| e.rule())?;
+    if meta.kind == PacketKind::Synthesis && meta.hops > max_hops {
+        return Err("hop_limit");
+    }
+    let started = Instant::now();
+    let outcome = synth.ingest(&packet, &meta, now());
+    metrics
+        .synthesis_latency
+        .observe(started.elapsed().as_secs_f64());
+    Ok(outcome)
+}
+
+/// Reads the window already in the stream into `synth` (state rebuilt after a restart).
+async fn rebuild(
+    shared: &Shared,
+    spec: &SubjectSpec,
+    synth: &mut Synthesizer,
+    max_hops: u8,
+) -> Result<usize, String> {
+    let stream = shared
+        .js
+        .get_stream(&shared.config.stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let window = synth.settings().window;
+    let deliver_policy = if window.is_finite() {
+        let start = (now() - window).max(0.0);
+        let start = time::OffsetDateTime::from_unix_timestamp_nanos((start * 1e9) as i128)
+            .map_err(|e| e.to_string())?;
+        DeliverPolicy::ByStartTime { start_time: start }
+    } else {
+        DeliverPolicy::All
+    };
+    let ordered = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: spec.address.clone(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = ordered.messages().await.map_err(|e| e.to_string())?;
+    let mut n = 0;
+    loop {
+        let next = match tokio::time::timeout(REBUILD_IDLE, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(None) | Err(_) => break,
+        };
+        let _ = take(synth, &next, max_hops, &shared.metrics);
+        n += 1;
+        if next.info().map(|i| i.pending == 0).unwrap_or(true) {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// A material change of the consensus: another problem, an alert flip, or strength or
+/// confidence moved by 0.1 or more.
+pub fn material_change(old: Option<&Snapshot>, new: &Snapshot) -> bool {
+    match old {
+        None => true,
+        Some(o) => {
+            o.problem != new.problem
+                || o.alert != new.alert
+                || (o.strength - new.strength).abs() >= 0.1
+                || (o.weighted_confidence - new.weighted_confidence).abs() >= 0.1
+        }
+    }
+}
+
+/// The synthesis packet of a snapshot: what this agent concluded from its twins.
+pub fn synthesis_packet(
+    config: &Config,
+    address: &str,
+    snap: &Snapshot,
+) -> Option<(String, Vec<u8>, PacketMeta)> {
+    let (domain, problem_class) = snap.problem.split_once('.')?;
+    let mut conclusion = snap.recommendation.clone();
+    loop {
+        let p = OutcomePacket {
+            agent_id: config.agent_id.clone(),
+            domain: domain.to_owned(),
+            problem_class: problem_class.to_owned(),
+            conclusion: conclusion.clone(),
+            confidence: snap.weighted_confidence.clamp(0.0, 1.0),
+            context_vector: vec![
+                (snap.strength * 1000.0).round() / 1000.0,
+                f64::from(snap.agents),
+            ],
+            timestamp: now(),
+            source_node: config.site.clone(),
+        };
+        match p.encode() {
+            Ok(body) => {
+                let subject = if address.ends_with(".>") {
+                    addressing::readable_address(&config.prefix, domain, Some(problem_class))
+                } else {
+                    address.to_owned()
+                };
+                let meta = PacketMeta::synthesis(&body, 0);
+                return Some((subject, body, meta));
+            }
+            Err(crate::packet::PacketError::TooLarge { .. }) if conclusion.len() > 16 => {
+                let keep = conclusion
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .take_while(|i| *i < conclusion.len() / 2)
+                    .last()
+                    .unwrap_or(0);
+                conclusion.truncate(keep);
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Runs one subject until `stop` turns true.
+pub async fn run(
+    shared: Shared,
+    spec: SubjectSpec,
+    defaults: SynthesisSettings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let resolved = spec.synthesis.or(&defaults);
+    let settings = Settings::from_crd(&resolved);
+    let max_hops = resolved.max_hops.unwrap_or(1);
+    let publish_every = resolved
+        .publish_interval
+        .map(Duration::from)
+        .unwrap_or(Duration::from_secs(30));
+    let consumer_name = spec.consumer(&shared.config.site);
+    set_view(&shared, &spec.name, |v| {
+        v.address = spec.address.clone();
+        v.consumer = consumer_name.clone();
+        v.bound = false;
+    });
+    let mut synth = Synthesizer::new(settings);
+    let lag = shared
+        .metrics
+        .consumer_lag
+        .get_or_create(&SubjectLabel {
+            subject: spec.name.clone(),
+        })
+        .clone();
+    'outer: loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Bind: rebuild the window, then the durable consumer as the site's pinned client.
+        let bound = async {
+            let rebuilt = rebuild(&shared, &spec, &mut synth, max_hops).await?;
+            let stream = shared
+                .js
+                .get_stream(&shared.config.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            let consumer: consumer::Consumer<pull::Config> = if shared.config.manage_jetstream {
+                stream
+                    .get_or_create_consumer(
+                        &consumer_name,
+                        standalone_consumer(&consumer_name, &spec.address),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+            } else {
+                stream
+                    .get_consumer(&consumer_name)
+                    .await
+                    .map_err(|e| e.to_string())?
+            };
+            let messages = consumer
+                .stream()
+                .group(PRIORITY_GROUP)
+                .max_messages_per_batch(256)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(subject = %spec.name, consumer = %consumer_name, rebuilt, "bound");
+            Ok::<_, String>((consumer, messages))
+        }
+        .await;
+        let (mut consumer, mut messages) = match bound {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(subject = %spec.name, error = %e, "cannot bind the consumer yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    _ = stop.changed() => break,
+                }
+            }
+        };
+        set_view(&shared, &spec.name, |v| v.bound = true);
+        let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
+        let mut last_published: Option<(Instant, Snapshot)> = None;
+        let mut lag_every = 0u32;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break 'outer,
+                next = messages.next() => {
+                    let msg = match next {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            tracing::debug!(subject = %spec.name, error = %e, "pull");
+                            continue;
+                        }
+                        None => break,
+                    };
+                    shared.metrics.twins_in.inc();
+                    match take(&mut synth, &msg, max_hops, &shared.metrics) {
+                        Ok(Ingest::Duplicate) => {
+                            shared.metrics.twins_duplicate.inc();
+                        }
+                        Ok(_) => {}
+                        Err(rule) => {
+                            shared.metrics.refused(rule);
+                            // A packet that breaks the rules never will not: do not redeliver it.
+                            let _ = msg.ack_with(AckKind::Term).await;
+                            continue;
+                        }
+                    }
+                    // Acked only once the packet is in the synthesis state.
+                    let _ = msg.ack().await;
+                }
+                _ = tick.tick() => {
+                    let at = now();
+                    let snap = synth.snapshot(at);
+                    set_view(&shared, &spec.name, |v| { v.snapshot = snap.clone(); v.at = at; });
+                    if let Some(s) = snap {
+                        let due = last_published.as_ref().is_none_or(|(t, _)| t.elapsed() >= publish_every);
+                        if due && material_change(last_published.as_ref().map(|(_, s)| s), &s)
+                            && let Some((subject, body, meta)) = synthesis_packet(&shared.config, &spec.address, &s)
+                        {
+                            if shared.depositor.send(Entry::new(subject, &body, &meta)).await.is_ok() {
+                                shared.metrics.synthesis_out.inc();
+                            }
+                            last_published = Some((Instant::now(), s));
+                        }
+                    }
+                    lag_every += 1;
+                    if lag_every.is_multiple_of(20) && let Ok(info) = consumer.info().await {
+                        lag.set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                    }
+                }
+            }
+        }
+        set_view(&shared, &spec.name, |v| v.bound = false);
+    }
+    shared
+        .views
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(&spec.name);
+}
