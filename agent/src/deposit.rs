@@ -90,8 +90,17 @@ async fn publish(js: &Context, batch: &[Entry]) -> usize {
             Err(_) => break,
         }
     }
+    let sent = acks.len();
     let results = futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await;
-    results.iter().take_while(|r| r.is_ok()).count()
+    let done = results.iter().take_while(|r| r.is_ok()).count();
+    if done < batch.len() {
+        let first_error = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .map(ToString::to_string);
+        tracing::debug!(batch = batch.len(), sent, done, error = ?first_error, "deposit round incomplete");
+    }
+    done
 }
 
 /// Starts the pump; it runs until `shutdown` turns true and the queue is drained.

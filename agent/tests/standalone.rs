@@ -1,0 +1,526 @@
+//! The agent loop against a real nats-server 2.15.1, standalone (the same loop as in a
+//! cluster): agents run in-process, each with its own site, intake port and outbox.
+
+use async_nats::jetstream;
+use qis_agent::config::{Config, FileConfig, NatsConfig, SubjectConfig};
+use qis_testkit::NatsServer;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(30);
+const STREAM: &str = "QIS_OUTCOMES";
+
+struct Agent {
+    port: u16,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Agent {
+    async fn start(nats: &str, site: &str, data: &Path) -> Agent {
+        if std::env::var_os("QIS_TEST_LOGS").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("debug,hyper=info,kube=info")
+                .try_init();
+        }
+        let port = qis_testkit::free_port();
+        let file = FileConfig {
+            agent_id: format!("agent-{site}"),
+            site: site.into(),
+            nats: NatsConfig {
+                url: nats.into(),
+                ..Default::default()
+            },
+            subject_prefix: "qis.iot".into(),
+            stream: STREAM.into(),
+            manage_jetstream: true,
+            subjects: vec![SubjectConfig {
+                name: "wear".into(),
+                domain: "predictive-maintenance".into(),
+                problem_class: Some("bearing-wear".into()),
+                addressing: None,
+                synthesis: Default::default(),
+            }],
+            synthesis: Default::default(),
+            listen: ([127, 0, 0, 1], port).into(),
+            data_dir: data.to_owned(),
+            outbox_max: 10_000,
+        };
+        let config = Config::from_file_config(file).expect("config");
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(qis_agent::run::run(config, Some(rx)));
+        let agent = Agent { port, stop, task };
+        eventually("agent ready", || async {
+            (http(agent.port, "GET", "/readyz", "", &[]).await.0 == 200).then_some(())
+        })
+        .await;
+        agent
+    }
+
+    /// Stops gracefully (intake closed, outbox flushed for up to 5 s).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+    }
+
+    async fn consensus(&self) -> Option<Value> {
+        let (code, body) = http(self.port, "GET", "/v1/consensus/wear", "", &[]).await;
+        (code == 200)
+            .then(|| serde_json::from_str::<Value>(&body).ok())
+            .flatten()?
+            .get("consensus")
+            .cloned()
+            .filter(|c| !c.is_null())
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http(self.port, "GET", "/metrics", "", &[]).await;
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A minimal HTTP/1.1 client: (status, body).
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn now() -> f64 {
+    qis_agent::twins::now()
+}
+
+fn outcome(agent: &str, confidence: f64, ts: f64) -> String {
+    json!({"agent_id": agent, "domain": "predictive-maintenance", "problem_class": "bearing-wear",
+           "conclusion": "47 Hz harmonic in the bearing housing", "confidence": confidence,
+           "context_vector": [0.4, 0.7], "timestamp": ts, "source_node": format!("{agent}-node")})
+    .to_string()
+}
+
+async fn post(a: &Agent, body: &str) -> u16 {
+    http(a.port, "POST", "/v1/outcomes", body, &[]).await.0
+}
+
+async fn agents_seen(a: &Agent) -> Option<u64> {
+    a.consensus().await?.get("agents")?.as_u64()
+}
+
+/// Outcome packets in the stream (synthesis packets left out) and how many distinct ids.
+async fn outcomes(js: &jetstream::Context) -> (usize, usize) {
+    use futures::StreamExt;
+    let Ok(stream) = js.get_stream(STREAM).await else {
+        return (0, 0);
+    };
+    let Ok(c) = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+    else {
+        return (0, 0);
+    };
+    let Ok(mut msgs) = c.messages().await else {
+        return (0, 0);
+    };
+    let mut ids = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(300), msgs.next()).await
+    {
+        let h = m.headers.clone().unwrap_or_default();
+        if h.get("Qis-Kind").map(|v| v.as_str()) != Some("synthesis") {
+            ids.push(
+                h.get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        if m.info().map(|i| i.pending == 0).unwrap_or(true) {
+            break;
+        }
+    }
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    (n, ids.len())
+}
+
+async fn stream_messages(js: &jetstream::Context) -> u64 {
+    match js.get_stream(STREAM).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Proves three agents on three sites converge on the same consensus, and a fourth that joins
+/// later sees the twins deposited before it joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_sites_converge_and_a_late_joiner_catches_up() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut agents = Vec::new();
+    for site in ["a", "b", "c"] {
+        agents.push(Agent::start(&server.url(), site, &dir.path().join(site)).await);
+    }
+    let t = now();
+    for (i, a) in agents.iter().enumerate() {
+        assert_eq!(
+            post(a, &outcome(&format!("pump-{i}"), 0.8 + i as f64 * 0.05, t)).await,
+            202
+        );
+    }
+    for a in &agents {
+        eventually("3 agents in every view", || async {
+            (agents_seen(a).await? == 3).then_some(())
+        })
+        .await;
+    }
+    let views: Vec<Value> = futures::future::join_all(agents.iter().map(|a| a.consensus()))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        views.windows(2).all(|w| w[0] == w[1]),
+        "same consensus everywhere: {views:?}"
+    );
+    assert_eq!(views[0]["alert"], true);
+
+    let late = Agent::start(&server.url(), "d", &dir.path().join("d")).await;
+    eventually("the late joiner sees the earlier twins", || async {
+        (agents_seen(&late).await? == 3).then_some(())
+    })
+    .await;
+    for a in agents.into_iter().chain([late]) {
+        a.stop().await;
+    }
+}
+
+/// Proves duplicates and floods change nothing: the same packet twice is one packet, one
+/// agent sending many is one vote, and synthesis packets (which the agents publish on
+/// change, and which we inject too) never count as votes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicates_floods_and_synthesis_packets_do_not_vote() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = Agent::start(&server.url(), "a", &dir.path().join("a")).await;
+    let t = now();
+    let same = outcome("pump-1", 0.9, t);
+    assert_eq!(post(&a, &same).await, 202);
+    assert_eq!(post(&a, &same).await, 202);
+    for i in 0..20 {
+        assert_eq!(
+            post(&a, &outcome("pump-2", 0.5, t - f64::from(i))).await,
+            202
+        );
+    }
+    let synth = outcome("synth-agent", 0.99, t);
+    let (code, _) = http(
+        a.port,
+        "POST",
+        "/v1/outcomes",
+        &synth,
+        &[("Qis-Kind", "synthesis"), ("Qis-Hops", "1")],
+    )
+    .await;
+    assert_eq!(code, 202);
+    let c = eventually("22 packets synthesized", || async {
+        let c = a.consensus().await?;
+        (c["packets"].as_u64()? == 21).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        c["agents"], 2,
+        "pump-1 once, pump-2 once, the synthesis packet never: {c}"
+    );
+    let js = jetstream::new(async_nats::connect(server.url()).await.expect("nats"));
+    assert_eq!(
+        outcomes(&js).await,
+        (21, 21),
+        "the repeated packet was stored once (Nats-Msg-Id)"
+    );
+    // A redelivery JetStream cannot dedupe: the same body again without headers (as the seed
+    // publishes). Synthesis recognises it by the id of its body and changes nothing.
+    let canonical = qis_agent::packet::OutcomePacket::decode(same.as_bytes())
+        .expect("valid")
+        .encode()
+        .expect("encodes");
+    js.publish(
+        "qis.iot.predictive-maintenance.bearing-wear",
+        canonical.into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+    eventually("the redelivery was seen and ignored", || async {
+        (a.metric("qis_agent_twins_duplicate").await >= 1.0).then_some(())
+    })
+    .await;
+    let c = a.consensus().await.expect("consensus");
+    assert_eq!(
+        (c["packets"].as_u64(), c["agents"].as_u64()),
+        (Some(21), Some(2)),
+        "{c}"
+    );
+    a.stop().await;
+}
+
+/// Proves every intake refusal: oversize, unknown key, NaN, bad token, more than one hop,
+/// each with its status code and rule, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_refuses_bad_packets() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = Agent::start(&server.url(), "a", &dir.path().join("a")).await;
+    let good: Value = serde_json::from_str(&outcome("pump", 0.5, now())).expect("json");
+    let with = |k: &str, v: Value| {
+        let mut g = good.clone();
+        g[k] = v;
+        g.to_string()
+    };
+    let nan = good
+        .to_string()
+        .replace("\"confidence\":0.5", "\"confidence\":NaN");
+    let cases: Vec<(String, Vec<(&str, &str)>, u16, &str)> = vec![
+        (
+            with("conclusion", json!("x".repeat(600))),
+            vec![],
+            413,
+            "too_large",
+        ),
+        (with("extra", json!(1)), vec![], 400, "unknown_field"),
+        (nan, vec![], 422, "non_finite"),
+        (
+            with("domain", json!("predictive-maintenance.>")),
+            vec![],
+            422,
+            "invalid_token",
+        ),
+        (
+            good.to_string(),
+            vec![("Qis-Kind", "synthesis"), ("Qis-Hops", "2")],
+            422,
+            "hop_limit",
+        ),
+        (
+            good.to_string(),
+            vec![("Qis-Kind", "outcome"), ("Qis-Hops", "1")],
+            422,
+            "bad_header",
+        ),
+    ];
+    for (body, headers, code, rule) in cases {
+        let (got, reply) = http(a.port, "POST", "/v1/outcomes", &body, &headers).await;
+        assert_eq!(got, code, "{rule}: {reply}");
+        let reply: Value = serde_json::from_str(&reply).expect("json reply");
+        assert_eq!(reply["rule"], rule);
+        assert!(
+            a.metric(&format!(
+                "qis_agent_packets_refused_total{{rule=\"{rule}\"}}"
+            ))
+            .await
+                >= 1.0
+        );
+    }
+    let js = jetstream::new(async_nats::connect(server.url()).await.expect("nats"));
+    assert_eq!(
+        stream_messages(&js).await,
+        0,
+        "nothing refused reached NATS"
+    );
+    a.stop().await;
+}
+
+/// Proves the outbox across a nats-server kill and restart: packets accepted while NATS is
+/// down are all deposited once it is back, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_survives_a_nats_outage() {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = Agent::start(&server.url(), "a", &dir.path().join("a")).await;
+    server.kill();
+    let t = now();
+    for i in 0..50 {
+        assert_eq!(post(&a, &outcome(&format!("pump-{i}"), 0.7, t)).await, 202);
+    }
+    eventually("packets wait in the outbox", || async {
+        (a.metric("qis_agent_outbox_depth").await >= 50.0).then_some(())
+    })
+    .await;
+    server.restart();
+    let js = jetstream::new(async_nats::connect(server.url()).await.expect("nats"));
+    eventually("all 50 deposited", || async {
+        (outcomes(&js).await.0 >= 50).then_some(())
+    })
+    .await;
+    eventually("outbox empty", || async {
+        (a.metric("qis_agent_outbox_depth").await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(outcomes(&js).await, (50, 50), "all 50 stored, none twice");
+    a.stop().await;
+}
+
+/// Proves the outbox across an agent restart: an agent stopped with a full outbox delivers it
+/// after it starts again (same data dir), nothing twice; and its consensus after the restart
+/// covers the same window as before (rebuilt from the stream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_and_window_survive_an_agent_restart() {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = Agent::start(&server.url(), "a", &dir.path().join("a")).await;
+    let t = now();
+    for i in 0..5 {
+        assert_eq!(post(&a, &outcome(&format!("early-{i}"), 0.8, t)).await, 202);
+    }
+    eventually("5 agents seen", || async {
+        (agents_seen(&a).await? == 5).then_some(())
+    })
+    .await;
+    server.kill();
+    for i in 0..30 {
+        assert_eq!(post(&a, &outcome(&format!("late-{i}"), 0.8, t)).await, 202);
+    }
+    eventually("outbox holds the late ones", || async {
+        (a.metric("qis_agent_outbox_depth").await >= 30.0).then_some(())
+    })
+    .await;
+    a.stop().await;
+    let lines = std::fs::read_to_string(dir.path().join("a/outbox.jsonl")).expect("outbox file");
+    assert!(lines.lines().count() >= 30, "the outbox is on disk");
+
+    server.restart();
+    let again = Agent::start(&server.url(), "a", &dir.path().join("a")).await;
+    let js = jetstream::new(async_nats::connect(server.url()).await.expect("nats"));
+    eventually("outbox delivered after the restart", || async {
+        (outcomes(&js).await.0 >= 35).then_some(())
+    })
+    .await;
+    eventually("the restarted agent sees all 35 agents", || async {
+        (agents_seen(&again).await? == 35).then_some(())
+    })
+    .await;
+    assert_eq!(outcomes(&js).await, (35, 35), "every outcome stored once");
+    again.stop().await;
+}
+
+/// Runs the seed-style Python peer (nats-py from the project's tools) and returns its JSON.
+fn seed_peer(args: &[&str]) -> Value {
+    let python = qis_testkit::workspace_root().join(".tools/venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/seed_peer.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata"))
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/install-tools.sh)", python.display()));
+    assert!(
+        out.status.success(),
+        "seed peer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json from the seed peer")
+}
+
+/// Proves interop with the seed article's client both ways: packets it deposits (one awaited
+/// publish each, no headers) are synthesized by our agent, and packets our agent deposits are
+/// read by its `query_twins` (durable pull consumer, `OutcomePacket(**data)`) without error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_client_interop_both_ways() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = Agent::start(&server.url(), "a", &dir.path().join("a")).await;
+    let subject = "qis.iot.predictive-maintenance.bearing-wear";
+    let url = server.url();
+    let (u, s) = (url.clone(), subject.to_owned());
+    tokio::task::spawn_blocking(move || seed_peer(&["deposit", &u, &s, "2"]))
+        .await
+        .expect("peer");
+    eventually("our agent synthesizes the seed's packets", || async {
+        (agents_seen(&a).await? == 2).then_some(())
+    })
+    .await;
+
+    let (u, s) = (url.clone(), subject.to_owned());
+    tokio::task::spawn_blocking(move || seed_peer(&["subscribe", &u, &s, "seed-reader"]))
+        .await
+        .expect("peer");
+    let t = now();
+    for i in 0..3 {
+        assert_eq!(post(&a, &outcome(&format!("ours-{i}"), 0.9, t)).await, 202);
+    }
+    let (u, s) = (url.clone(), subject.to_owned());
+    let read = eventually("the seed reads our packets", || {
+        let (u, s) = (u.clone(), s.clone());
+        async move {
+            let got =
+                tokio::task::spawn_blocking(move || seed_peer(&["fetch", &u, &s, "seed-reader"]))
+                    .await
+                    .ok()?;
+            let ids: Vec<String> = got
+                .as_array()?
+                .iter()
+                .filter_map(|p| p["agent_id"].as_str().map(str::to_owned))
+                .collect();
+            ids.iter().any(|i| i.starts_with("ours-")).then_some(ids)
+        }
+    })
+    .await;
+    assert!(
+        read.iter()
+            .all(|i| i.starts_with("ours-") || i == "agent-a"),
+        "only our outcomes and our synthesis packets: {read:?}"
+    );
+    a.stop().await;
+}
