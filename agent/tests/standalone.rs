@@ -332,7 +332,8 @@ async fn intake_refuses_bad_packets() {
     let nan = good
         .to_string()
         .replace("\"confidence\":0.5", "\"confidence\":NaN");
-    let cases: Vec<(String, Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             with("conclusion", json!("x".repeat(600))),
             vec![],
