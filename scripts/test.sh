@@ -13,6 +13,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (every binary: the full-loop test runs qis-agent next to qis-operator)"
+cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== CRDs against Kubernetes 1.33 and 1.37 schemas (kubernetes-validate --strict)"

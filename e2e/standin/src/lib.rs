@@ -10,6 +10,7 @@
 //! managedFields (server-side apply is a keyed deep merge), field pruning. The kind e2e covers
 //! those.
 
+pub mod kubelet;
 pub mod registry;
 pub mod selectors;
 pub mod server;

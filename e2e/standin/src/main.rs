@@ -27,6 +27,12 @@ struct Args {
     /// Create the CRDs of every YAML file in this folder at start.
     #[arg(long)]
     crds: Option<PathBuf>,
+    /// Run the agent Deployments as local processes of this binary (a stand-in kubelet).
+    #[arg(long, requires = "kubeconfig")]
+    kubelet_agent: Option<PathBuf>,
+    /// Where the stand-in kubelet keeps pod logs and data.
+    #[arg(long, default_value = "standin-pods")]
+    work_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -46,7 +52,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &args.kubeconfig {
         std::fs::write(path, qis_kube_standin::kubeconfig(addr))?;
     }
+    if let (Some(agent), Some(kubeconfig)) = (&args.kubelet_agent, &args.kubeconfig) {
+        std::fs::create_dir_all(&args.work_dir)?;
+        qis_kube_standin::kubelet::start(
+            shared.clone(),
+            qis_kube_standin::kubelet::KubeletConfig {
+                agent_binary: agent.clone(),
+                kubeconfig: kubeconfig.clone(),
+                work_dir: args.work_dir.clone(),
+            },
+        );
+    }
     println!("listening on http://{addr}");
-    axum::serve(listener, server::router(shared)).await?;
+    axum::serve(listener, server::router(shared))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 pub type Shared = Arc<Mutex<Store>>;
 
-fn lock(s: &Shared) -> MutexGuard<'_, Store> {
+/// Locks the store (a poisoned lock is still usable: writes are whole).
+pub fn lock(s: &Shared) -> MutexGuard<'_, Store> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -307,6 +308,13 @@ pub async fn handle(
         Ok((code, v)) => json_response(code, &v),
         Err(e) => error(&e),
     }
+}
+
+/// FNV-1a, for short stable hashes (pod-template hashes).
+pub fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// The stand-in's HTTP app.

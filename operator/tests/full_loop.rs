@@ -1,0 +1,229 @@
+//! The whole loop on one machine: the stand-in API server with its stand-in kubelet running
+//! the agent Deployments as real `qis-agent` processes, a real nats-server, and the real
+//! operator. Sites deposit outcomes; the agents converge; one agent writes the consensus into
+//! the QisSubject status; when it dies, another takes over.
+
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef};
+use qis_testkit::NatsServer;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NS: &str = "factory";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The agent binary, built next to the operator (`cargo build --workspace`; the test command
+/// builds every binary before the tests run).
+fn agent_binary() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_qis-operator")).with_file_name("qis-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn post(port: u16, body: &str) -> u16 {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return 0;
+    };
+    let req = format!(
+        "POST /v1/outcomes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn outcome(agent: &str, site: &str) -> String {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    serde_json::json!({"agent_id": agent, "domain": "predictive-maintenance", "problem_class": "bearing-wear",
+        "conclusion": format!("bearing wear at {site}"), "confidence": 0.85, "context_vector": [0.3, 0.9],
+        "timestamp": ts, "source_node": site})
+    .to_string()
+}
+
+/// Proves the local full loop and single-reporter failover: three sites converge, exactly one
+/// agent writes `status.consensus` (field manager qis-agent) next to the operator's
+/// conditions, and another agent takes over when the reporter's pod is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_sites_converge_and_one_agent_reports_with_failover() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let (addr, store) = qis_kube_standin::spawn(Some(&crds), false)
+        .await
+        .expect("stand-in");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, qis_kube_standin::kubeconfig(addr)).expect("kubeconfig");
+    qis_kube_standin::kubelet::start(
+        store,
+        qis_kube_standin::kubelet::KubeletConfig {
+            agent_binary: agent_binary(),
+            kubeconfig: kubeconfig.clone(),
+            work_dir: dir.path().join("pods"),
+        },
+    );
+    let _operator = Killed(
+        Command::new(env!("CARGO_BIN_EXE_qis-operator"))
+            .env("KUBECONFIG", &kubeconfig)
+            .args([
+                "--nats-url",
+                &nats.url(),
+                "--resync",
+                "2s",
+                "--listen",
+                &format!("127.0.0.1:{}", qis_testkit::free_port()),
+            ])
+            .arg("--scratch-dir")
+            .arg(dir.path().join("scratch"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("operator"),
+    );
+    let client = Client::try_from(kube::Config::new(
+        format!("http://{addr}").parse().expect("url"),
+    ))
+    .expect("client");
+    let mut spec = QisSwarmSpec {
+        subject_prefix: Some("qis.campus".into()),
+        sites: ["hall-a", "hall-b", "hall-c"]
+            .iter()
+            .map(|s| SiteSpec {
+                name: (*s).into(),
+                replicas: 1,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    spec.agent.env = vec![EnvVar {
+        name: "QIS_REPORT_INTERVAL".into(),
+        value: Some("1s".into()),
+        ..Default::default()
+    }];
+    let swarms: Api<QisSwarm> = Api::namespaced(client.clone(), NS);
+    swarms
+        .create(&PostParams::default(), &QisSwarm::new("campus", spec))
+        .await
+        .expect("swarm");
+    let subjects: Api<QisSubject> = Api::namespaced(client.clone(), NS);
+    let subject = QisSubjectSpec {
+        swarm_ref: SwarmRef {
+            name: "campus".into(),
+        },
+        domain: "predictive-maintenance".into(),
+        problem_class: Some("bearing-wear".into()),
+        ..Default::default()
+    };
+    subjects
+        .create(&PostParams::default(), &QisSubject::new("wear", subject))
+        .await
+        .expect("subject");
+
+    // The agents run and are ready (consumers bound): the swarm says AgentsReady.
+    eventually("swarm Ready with its agents", || async {
+        let s = swarms.get("campus").await.ok()?;
+        s.status?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let port_of = |p: &Pod| {
+        p.annotations()
+            .get("standin.qis.dev/port")
+            .and_then(|v| v.parse::<u16>().ok())
+    };
+    let running = pods.list(&ListParams::default()).await.expect("pods").items;
+    assert_eq!(running.len(), 3, "one agent per site");
+    for (i, p) in running.iter().enumerate() {
+        let site = p.labels().get("qis.dev/site").cloned().unwrap_or_default();
+        let port = port_of(p).expect("port");
+        assert_eq!(
+            post(port, &outcome(&format!("sensor-{i}"), &site)).await,
+            202
+        );
+    }
+
+    let reported = eventually("consensus of 3 agents in the QisSubject status", || async {
+        let s = subjects.get("wear").await.ok()?;
+        let c = s.status?.consensus?;
+        (c.agents == 3).then_some(c)
+    })
+    .await;
+    assert!(reported.alert);
+    assert!(
+        running
+            .iter()
+            .any(|p| p.name_any() == reported.reporting_agent),
+        "a running agent reports: {reported:?}"
+    );
+    let s = subjects
+        .get("wear")
+        .await
+        .expect("subject")
+        .status
+        .expect("status");
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+        "the operator's conditions stay"
+    );
+
+    pods.delete(&reported.reporting_agent, &DeleteParams::default())
+        .await
+        .expect("delete the reporter");
+    let next = eventually("another agent takes over reporting", || async {
+        let c = subjects.get("wear").await.ok()?.status?.consensus?;
+        (c.reporting_agent != reported.reporting_agent && !c.reporting_agent.is_empty())
+            .then_some(c)
+    })
+    .await;
+    assert_eq!(next.agents, 3, "the new reporter has the same consensus");
+}
