@@ -4,6 +4,10 @@ use crate::{QisSubject, QisSwarm};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+/// Where the generated YAML lives, relative to the `crds/` crate: the crate itself, the
+/// kustomize bases, the Helm chart.
+pub const OUTPUT_DIRS: [&str; 3] = [".", "../config/crd/bases", "../charts/qis-operator/crds"];
+
 /// Every CRD of the API, with the file name it is written to in `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![

@@ -15,6 +15,7 @@ pub mod jetstream;
 pub mod metrics;
 pub mod nats_connections;
 pub mod nats_settings;
+pub mod rbac;
 pub mod run;
 pub mod sites;
 pub mod stream_config;

@@ -1,18 +1,27 @@
-//! Writes the CRD YAML of every kind into a directory (default: the `crds/` folder).
+//! Writes the CRD YAML of every kind where the project ships it: `crds/` (the source of
+//! truth), `config/crd/bases/` (kustomize) and `charts/qis-operator/crds/` (Helm). CI fails when
+//! any of them is stale.
 //!
-//! `cargo run -p qis-crds --bin crdgen` after changing a type; CI fails when the files are stale.
+//! `cargo run -p qis-crds --bin crdgen` after changing a type; `crdgen DIR` writes into DIR only.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args_os()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    for (file, crd) in qis_crds::crdgen::all() {
-        let path = dir.join(file);
-        std::fs::write(&path, qis_crds::crdgen::render(&crd)?)?;
-        println!("wrote {}", path.display());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dirs: Vec<PathBuf> = match std::env::args_os().nth(1) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => qis_crds::crdgen::OUTPUT_DIRS
+            .iter()
+            .map(|d| root.join(d))
+            .collect(),
+    };
+    for dir in dirs {
+        std::fs::create_dir_all(&dir)?;
+        for (file, crd) in qis_crds::crdgen::all() {
+            let path = dir.join(file);
+            std::fs::write(&path, qis_crds::crdgen::render(&crd)?)?;
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
