@@ -21,4 +21,6 @@ echo "== CRDs against Kubernetes 1.33 and 1.37 schemas (kubernetes-validate --st
 for version in 1.33.0 1.37.0; do
   kubernetes-validate --strict --quiet -k "$version" crds/*.yaml
 done
+echo "== the local full loop (README main command, in check mode)"
+bash scripts/demo.sh --check
 echo "== all tests passed"

@@ -33,16 +33,17 @@ pub fn follow(
         let subjects: Api<QisSubject> = Api::namespaced(client.clone(), &namespace);
         let swarms: Api<QisSwarm> = Api::namespaced(client, &namespace);
         let (reader, writer) = reflector::store();
+        // Every watcher event, `InitDone` included: the store swaps the initial list in only
+        // then, so reading it on the objects alone would see it empty.
         let mut events = reflector(writer, watcher(subjects, watcher::Config::default()))
             .default_backoff()
-            .touched_objects()
             .boxed();
         let mut refresh = tokio::time::interval(std::time::Duration::from_secs(30));
         loop {
             tokio::select! {
                 e = events.next() => match e {
                     Some(Ok(_)) => {}
-                    Some(Err(err)) => { tracing::debug!(error = %err, "subject watch"); continue; }
+                    Some(Err(err)) => { tracing::warn!(error = %err, "subject watch"); continue; }
                     None => return,
                 },
                 _ = refresh.tick() => {}
@@ -63,6 +64,11 @@ pub fn follow(
                 .map(|s| spec_of(&prefix, s))
                 .collect();
             specs.sort_by(|a, b| a.name.cmp(&b.name));
+            tracing::debug!(
+                subjects = specs.len(),
+                in_store = reader.state().len(),
+                "subjects of the swarm"
+            );
             tx.send_if_modified(|cur| {
                 let changed = cur.0 != specs || cur.1 != defaults;
                 if changed {
