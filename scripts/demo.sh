@@ -113,9 +113,9 @@ if [ "$check" = true ]; then
   problem="$(kubectl get qsub maintenance -n factory -o jsonpath='{.status.consensus.problem}')"
   hvac="$(kubectl get qsub hvac-energy -n factory -o jsonpath='{.status.consensus.alert}')"
   echo "check: bearing-wear alert=$alert agents=$agents; maintenance consensus=$problem; hvac alert=$hvac"
-  [ "$alert" = "true" ] && [ "$agents" = "2" ] && [ "$problem" = "predictive-maintenance.bearing-wear" ] && [ "$hvac" = "false" ] || {
+  if ! { [ "$alert" = "true" ] && [ "$agents" = "2" ] && [ "$problem" = "predictive-maintenance.bearing-wear" ] && [ "$hvac" = "false" ]; }; then
     echo "the demo did not reach the expected consensus" >&2
     exit 1
-  }
+  fi
   echo "demo check passed"
 fi

@@ -10,6 +10,13 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
+# The linter of the project's shell scripts (Debian package shellcheck; needs root, as CI is).
+if ! command -v shellcheck >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null 2>&1 || echo "warning: could not install shellcheck" >&2
+  fi
+fi
+
 # Python tools: nats-server 2.15.1 (Debian's 2.9 is too old), the CRD validator, the seed's
 # client library (interop peer), the Kubernetes API stand-in.
 if [ ! -x "$tools/venv/bin/nats-server" ] || [ ! -f "$tools/venv/.complete-v1" ]; then

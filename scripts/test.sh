@@ -9,6 +9,11 @@ cd "$root"
 bash scripts/install-tools.sh
 export PATH="$root/.tools/bin:$root/.tools/venv/bin:$PATH"
 
+echo "== shellcheck"
+command -v shellcheck >/dev/null || { echo "shellcheck is missing (apt-get install shellcheck)" >&2; exit 1; }
+shellcheck scripts/*.sh e2e/kind/run.sh .ci/run
+echo "== kind e2e script: syntax (it needs Docker and kind to run)"
+bash -n e2e/kind/run.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -1,0 +1,215 @@
+//! The kind e2e checks, against the cluster of the current kubeconfig and the NATS at
+//! `QIS_E2E_NATS_URL` (port-forwarded by `e2e/kind/run.sh`): streams and consumers exist in
+//! NATS, the agent Deployments are Ready on their halls, outcomes deposited for two halls
+//! become consensus in `kubectl get qsub`, and deletion cleans NATS and the Deployments up.
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use qis_agent::packet::{OutcomePacket, PacketMeta};
+use qis_crds::{QisSubject, QisSwarm};
+use std::process::ExitCode;
+use std::time::Duration;
+
+const NS: &str = "factory";
+const STREAM: &str = "qis_factory_campus";
+
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            println!("ok: {what}");
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let client = Client::try_default().await.map_err(|e| e.to_string())?;
+    let url =
+        std::env::var("QIS_E2E_NATS_URL").map_err(|_| "QIS_E2E_NATS_URL is not set".to_owned())?;
+    let js = jetstream::new(async_nats::connect(&url).await.map_err(|e| e.to_string())?);
+    let swarms: Api<QisSwarm> = Api::namespaced(client.clone(), NS);
+    let subjects: Api<QisSubject> = Api::namespaced(client.clone(), NS);
+    let long = Duration::from_secs(300);
+
+    eventually("swarm campus Ready (stream and agents)", long, || async {
+        let s = swarms.get("campus").await.ok()?;
+        s.status?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await?;
+    let info = js
+        .get_stream(STREAM)
+        .await
+        .map_err(|e| format!("stream {STREAM}: {e}"))?
+        .cached_info()
+        .clone();
+    if info.config.subjects != ["qis.campus.>"] {
+        return Err(format!("stream subjects {:?}", info.config.subjects));
+    }
+    println!("ok: stream {STREAM} on qis.campus.>");
+    let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+    let mut names: Vec<String> = stream
+        .consumer_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    names.sort();
+    for site in ["hall-a", "hall-b", "hall-c"] {
+        for subject in ["bearing-wear", "hvac-energy", "maintenance"] {
+            let want = format!("{subject}_{site}");
+            if !names.contains(&want) {
+                return Err(format!("consumer {want} missing; have {names:?}"));
+            }
+        }
+    }
+    println!("ok: 9 consumers (3 subjects x 3 halls)");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    for site in ["hall-a", "hall-b", "hall-c"] {
+        let d = Api::<Deployment>::namespaced(client.clone(), NS)
+            .get(&format!("campus-agent-{site}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+        if ready < 1 {
+            return Err(format!("Deployment of {site} has {ready} ready replicas"));
+        }
+        let on = pods
+            .list(&ListParams::default().labels(&format!("qis.dev/site={site}")))
+            .await
+            .map_err(|e| e.to_string())?;
+        let node = on
+            .items
+            .first()
+            .and_then(|p| p.spec.as_ref()?.node_name.clone())
+            .unwrap_or_default();
+        let labels = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+            .get(&node)
+            .await
+            .map_err(|e| e.to_string())?
+            .labels()
+            .clone();
+        if labels.get("qis.dev/site").map(String::as_str) != Some(site) {
+            return Err(format!(
+                "the agent of {site} runs on {node}, labelled {labels:?}"
+            ));
+        }
+    }
+    println!("ok: one Ready agent per hall, pinned to its node");
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    for site in ["hall-a", "hall-b"] {
+        let p = OutcomePacket {
+            agent_id: format!("e2e-vibration-{site}"),
+            domain: "predictive-maintenance".into(),
+            problem_class: "bearing-wear".into(),
+            conclusion: format!("e2e bearing wear at {site}"),
+            confidence: 0.88,
+            context_vector: vec![0.2, 0.9],
+            timestamp: now,
+            source_node: site.into(),
+        };
+        let body = p.encode().map_err(|e| e.to_string())?;
+        let meta = PacketMeta::outcome(&body);
+        let mut headers = async_nats::HeaderMap::new();
+        for (k, v) in meta.headers() {
+            headers.insert(k, v.as_str());
+        }
+        js.publish_with_headers(
+            "qis.campus.predictive-maintenance.bearing-wear",
+            headers,
+            body.into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    eventually(
+        "consensus of two halls in QisSubject bearing-wear",
+        long,
+        || async {
+            let c = subjects.get("bearing-wear").await.ok()?.status?.consensus?;
+            (c.agents == 2 && c.alert).then_some(())
+        },
+    )
+    .await?;
+
+    let patch = serde_json::json!({"spec": {"deletionPolicy": "delete"}});
+    swarms
+        .patch("campus", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| e.to_string())?;
+    for s in ["bearing-wear", "hvac-energy", "maintenance"] {
+        subjects
+            .delete(s, &DeleteParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    swarms
+        .delete("campus", &DeleteParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    eventually("swarm and subjects deleted", long, || async {
+        (swarms
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            && subjects
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty())
+        .then_some(())
+    })
+    .await?;
+    if js.get_stream(STREAM).await.is_ok() {
+        return Err(format!("stream {STREAM} still exists after deletion"));
+    }
+    eventually("agent Deployments garbage-collected", long, || async {
+        Api::<Deployment>::namespaced(client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => {
+            println!("e2e: all checks passed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("e2e FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
