@@ -62,7 +62,7 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
             loop {
                 let up = client.connection_state() == async_nats::connection::State::Connected;
                 connected.store(up, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
         });
     }

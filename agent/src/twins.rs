@@ -153,6 +153,10 @@ async fn rebuild(
         })
         .await
         .map_err(|e| e.to_string())?;
+    if ordered.cached_info().num_pending == 0 {
+        // Nothing stored for this subject in the window: no need to wait for a first message.
+        return Ok(0);
+    }
     let mut messages = ordered.messages().await.map_err(|e| e.to_string())?;
     let mut n = 0;
     loop {
@@ -258,6 +262,8 @@ pub async fn run(
             subject: spec.name.clone(),
         })
         .clone();
+    // Bind retries back off from 50 ms to 2 s (a standalone agent's stream appears within ms).
+    let mut retry = Duration::from_millis(50);
     'outer: loop {
         if *stop.borrow() {
             break;
@@ -297,11 +303,17 @@ pub async fn run(
         }
         .await;
         let (mut consumer, mut messages) = match bound {
-            Ok(b) => b,
+            Ok(b) => {
+                retry = Duration::from_millis(50);
+                b
+            }
             Err(e) => {
-                tracing::warn!(subject = %spec.name, error = %e, "cannot bind the consumer yet; retrying");
+                tracing::warn!(subject = %spec.name, error = %e, ?retry, "cannot bind the consumer yet; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    _ = tokio::time::sleep(retry) => {
+                        retry = (retry * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
                     _ = stop.changed() => break,
                 }
             }

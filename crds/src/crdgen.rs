@@ -34,15 +34,30 @@ fn walk(node: &serde_json::Value, path: &str, rows: &mut Vec<String>) {
     let items = obj.get("items");
     if !path.is_empty() {
         let ty = match obj.get("type").and_then(|t| t.as_str()) {
-            Some("array") => format!("[]{}", items.and_then(|i| i.get("type")).and_then(|t| t.as_str()).unwrap_or("object")),
+            Some("array") => format!(
+                "[]{}",
+                items
+                    .and_then(|i| i.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("object")
+            ),
             Some(t) => t.to_owned(),
             None if obj.get("x-kubernetes-int-or-string").is_some() => "int-or-string".to_owned(),
             None => "any".to_owned(),
         };
-        let default = obj.get("default").map(|d| format!("`{d}`")).unwrap_or_default();
+        let default = obj
+            .get("default")
+            .map(|d| format!("`{d}`"))
+            .unwrap_or_default();
         let mut extra = Vec::new();
         if let Some(e) = obj.get("enum").and_then(|e| e.as_array()) {
-            extra.push(format!("one of {}", e.iter().map(|v| format!("`{}`", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(", ")));
+            extra.push(format!(
+                "one of {}",
+                e.iter()
+                    .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         if let Some(p) = obj.get("pattern").and_then(|p| p.as_str()) {
             extra.push(format!("pattern `{}`", p.replace('|', "\\|")));
@@ -52,19 +67,47 @@ fn walk(node: &serde_json::Value, path: &str, rows: &mut Vec<String>) {
                 extra.push(format!("{label} {v}"));
             }
         }
-        let doc = obj.get("description").and_then(|d| d.as_str()).unwrap_or_default().replace('\n', " ").replace('|', "\\|");
-        let doc = if extra.is_empty() { doc } else { format!("{doc} ({})", extra.join("; ")) };
+        let doc = obj
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default()
+            .replace('\n', " ")
+            .replace('|', "\\|");
+        let doc = if extra.is_empty() {
+            doc
+        } else {
+            format!("{doc} ({})", extra.join("; "))
+        };
         rows.push(format!("| `{path}` | {ty} | {default} | {doc} |"));
     }
     // Kubernetes' own types (resources, affinity, tolerations, env, security contexts) are
     // documented upstream; stop at them.
-    let upstream = ["resources", "affinity", "tolerations", "env", "securityContext", "imagePullSecrets", "conditions"];
-    if upstream.iter().any(|u| path.ends_with(&format!(".{u}")) || path.ends_with(&format!(".{u}[]"))) {
+    let upstream = [
+        "resources",
+        "affinity",
+        "tolerations",
+        "env",
+        "securityContext",
+        "imagePullSecrets",
+        "conditions",
+    ];
+    if upstream
+        .iter()
+        .any(|u| path.ends_with(&format!(".{u}")) || path.ends_with(&format!(".{u}[]")))
+    {
         return;
     }
     if let Some(props) = props {
         for (k, v) in props {
-            walk(v, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, rows);
+            walk(
+                v,
+                &if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                },
+                rows,
+            );
         }
     }
     if let Some(items) = items.filter(|i| i.get("properties").is_some()) {
@@ -88,14 +131,24 @@ pub fn reference() -> String {
     );
     for (_, crd) in all() {
         let v = &crd.spec.versions[0];
-        let schema = serde_json::to_value(v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref())).unwrap_or_default();
-        out.push_str(&format!("\n## {} ({}/{})\n\n", crd.spec.names.kind, crd.spec.group, v.name));
+        let schema = serde_json::to_value(
+            v.schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref()),
+        )
+        .unwrap_or_default();
+        out.push_str(&format!(
+            "\n## {} ({}/{})\n\n",
+            crd.spec.names.kind, crd.spec.group, v.name
+        ));
         for part in ["spec", "status"] {
             let mut rows = Vec::new();
             if let Some(node) = schema.pointer(&format!("/properties/{part}")) {
                 walk_children(node, part, &mut rows);
             }
-            out.push_str(&format!("### {part}\n\n| Field | Type | Default | Description |\n|---|---|---|---|\n"));
+            out.push_str(&format!(
+                "### {part}\n\n| Field | Type | Default | Description |\n|---|---|---|---|\n"
+            ));
             for r in rows {
                 out.push_str(&r);
                 out.push('\n');

@@ -37,10 +37,18 @@ fn schema_of(
 /// Proves the configuration reference in docs/ is the one the schemas generate.
 #[test]
 fn reference_doc_matches_the_types() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(qis_crds::crdgen::REFERENCE_FILE);
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(qis_crds::crdgen::REFERENCE_FILE);
     let have = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(have == qis_crds::crdgen::reference(), "{} is stale: run `cargo run -p qis-crds --bin crdgen`", path.display());
-    assert!(have.contains("| `spec.stream.maxAge` |") && have.contains("| `spec.consumer.deliverPolicy` |"));
+    assert!(
+        have == qis_crds::crdgen::reference(),
+        "{} is stale: run `cargo run -p qis-crds --bin crdgen`",
+        path.display()
+    );
+    assert!(
+        have.contains("| `spec.stream.maxAge` |")
+            && have.contains("| `spec.consumer.deliverPolicy` |")
+    );
 }
 
 /// Walks a schema and lists every rule of a structural schema it breaks.

@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let reference = root.join(qis_crds::crdgen::REFERENCE_FILE);
             std::fs::write(&reference, qis_crds::crdgen::reference())?;
             println!("wrote {}", reference.display());
-            qis_crds::crdgen::OUTPUT_DIRS.iter().map(|d| root.join(d)).collect()
+            qis_crds::crdgen::OUTPUT_DIRS
+                .iter()
+                .map(|d| root.join(d))
+                .collect()
         }
     };
     for dir in dirs {

@@ -1,0 +1,302 @@
+//! Side-by-side throughput on one nats-server 2.15.1, in one run: raw async-nats JetStream (the
+//! physical limit here), our agent's paths, and the seed article's client pattern (nats-py, one
+//! awaited publish per packet, fetch batches of 50). Prints a Markdown table; with
+//! `QIS_BENCH_WRITE=1` it also writes `docs/benchmarks.md`.
+//!
+//!   cargo bench -p qis-agent --bench throughput            (N=100000 packets by default)
+//!   QIS_BENCH_N=20000 cargo bench -p qis-agent --bench throughput
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures::StreamExt;
+use qis_agent::deposit;
+use qis_agent::metrics::Metrics;
+use qis_agent::outbox::{Entry, Outbox};
+use qis_agent::packet::{OutcomePacket, PacketMeta};
+use qis_agent::synthesis::{Settings, Synthesizer};
+use qis_testkit::NatsServer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SUBJECT: &str = "qis.bench.predictive-maintenance.bearing-wear";
+
+fn packet(i: usize) -> (Vec<u8>, PacketMeta) {
+    // About 400 bytes, like a real outcome with a conclusion and a short context vector.
+    let p = OutcomePacket {
+        agent_id: format!("bench-agent-{}", i % 500),
+        domain: "predictive-maintenance".into(),
+        problem_class: "bearing-wear".into(),
+        conclusion: format!(
+            "harmonic at 47 Hz on the drive-end bearing, amplitude rising for the last 3 readings; inspect within 72 h; reading {i:08}"
+        ),
+        confidence: 0.5 + (i % 50) as f64 / 100.0,
+        context_vector: vec![
+            0.18, 0.92, 0.03, 0.71, 0.44, 0.12, 0.66, 0.5, 0.25, 0.75, 0.33, 0.21, 0.9,
+        ],
+        timestamp: 1_764_150_000.0 + i as f64 / 1000.0,
+        source_node: format!("hall-{}-press-{}", i % 3, i % 17),
+    };
+    let body = p.encode().expect("valid");
+    let meta = PacketMeta::outcome(&body);
+    (body, meta)
+}
+
+async fn fresh_stream(js: &jetstream::Context, name: &str) {
+    let _ = js.delete_stream(name).await;
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec!["qis.bench.>".into()],
+        max_message_size: 607,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+}
+
+fn headers(meta: &PacketMeta) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in meta.headers() {
+        h.insert(k, v.as_str());
+    }
+    h
+}
+
+async fn raw_publish(js: &jetstream::Context, packets: &[(Vec<u8>, PacketMeta)]) -> f64 {
+    let start = Instant::now();
+    for chunk in packets.chunks(deposit::WINDOW) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (body, meta) in chunk {
+            acks.push(
+                js.publish_with_headers(SUBJECT, headers(meta), body.clone().into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for a in acks {
+            a.await.expect("ack");
+        }
+    }
+    packets.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn raw_consume(js: &jetstream::Context, n: usize) -> f64 {
+    let s = js.get_stream("BENCH").await.expect("stream");
+    let c = s
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut msgs = c
+        .stream()
+        .max_messages_per_batch(500)
+        .messages()
+        .await
+        .expect("messages");
+    let start = Instant::now();
+    for _ in 0..n {
+        let m = msgs.next().await.expect("message").expect("ok");
+        m.ack().await.expect("ack");
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn agent_consume(js: &jetstream::Context, n: usize) -> f64 {
+    let s = js.get_stream("BENCH").await.expect("stream");
+    let c = s
+        .create_consumer(pull::Config {
+            durable_name: Some("agent".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut msgs = c
+        .stream()
+        .max_messages_per_batch(500)
+        .messages()
+        .await
+        .expect("messages");
+    let mut synth = Synthesizer::new(Settings {
+        window: 1e12,
+        ..Settings::default()
+    });
+    let start = Instant::now();
+    for _ in 0..n {
+        let m = msgs.next().await.expect("message").expect("ok");
+        let h = m.headers.as_ref();
+        let meta =
+            PacketMeta::from_headers(|k| h.and_then(|h| h.get(k)).map(|v| v.as_str()), &m.payload)
+                .expect("meta");
+        let p = OutcomePacket::decode(&m.payload).expect("packet");
+        synth.ingest(&p, &meta, 1_764_160_000.0);
+        m.ack().await.expect("ack");
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    assert!(synth.snapshot(1_764_160_000.0).is_some());
+    rate
+}
+
+async fn agent_deposit(js: &jetstream::Context, packets: &[(Vec<u8>, PacketMeta)]) -> f64 {
+    let dir = tempfile::tempdir().expect("tmp");
+    let metrics = Arc::new(Metrics::default());
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let d = deposit::start(
+        js.clone(),
+        Outbox::open(dir.path(), 1_000_000).expect("outbox"),
+        metrics.clone(),
+        stop,
+    );
+    let start = Instant::now();
+    for (body, meta) in packets {
+        d.send(Entry::new(SUBJECT.into(), body, meta))
+            .await
+            .expect("queued");
+    }
+    let left = d.flush(Duration::from_secs(120)).await;
+    assert_eq!(left, Some(0), "everything deposited");
+    packets.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// POSTs over `conns` keep-alive connections to the agent's intake.
+async fn agent_intake(port: u16, packets: &[(Vec<u8>, PacketMeta)], conns: usize) -> f64 {
+    let start = Instant::now();
+    let per = packets.len().div_ceil(conns);
+    let mut tasks = Vec::new();
+    for chunk in packets.chunks(per) {
+        let bodies: Vec<Vec<u8>> = chunk.iter().map(|(b, _)| b.clone()).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            let mut buf = vec![0u8; 4096];
+            for b in bodies {
+                let head = format!("POST /v1/outcomes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", b.len());
+                s.write_all(head.as_bytes()).await.expect("write");
+                s.write_all(&b).await.expect("write");
+                let n = s.read(&mut buf).await.expect("read");
+                assert!(buf[..n].starts_with(b"HTTP/1.1 202"), "{}", String::from_utf8_lossy(&buf[..n]));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    packets.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+fn seed_baseline(url: &str, n: usize) -> Option<(f64, f64)> {
+    let python = qis_testkit::workspace_root().join(".tools/venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seed_pattern.py");
+    let out = std::process::Command::new(python)
+        .args([script, url, &n.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|x| x.parse::<f64>().ok());
+    Some((it.next()?, it.next()?))
+}
+
+fn main() {
+    let n: usize = std::env::var("QIS_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = NatsServer::start();
+    let packets: Vec<_> = (0..n).map(packet).collect();
+    let body_len = packets[0].0.len();
+    let (raw_pub, raw_con, dep, twin, intake) = rt.block_on(async {
+        let js = jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+        fresh_stream(&js, "BENCH").await;
+        let raw_pub = raw_publish(&js, &packets).await;
+        let raw_con = raw_consume(&js, n).await;
+        let twin = agent_consume(&js, n).await;
+        fresh_stream(&js, "BENCH").await;
+        // Fresh ids: the stream's duplicate window would drop the same ids again.
+        let again: Vec<_> = (n..2 * n).map(packet).collect();
+        let dep = agent_deposit(&js, &again).await;
+        fresh_stream(&js, "BENCH").await;
+        let port = qis_testkit::free_port();
+        let config = qis_agent::config::Config::from_file_config(qis_agent::config::FileConfig {
+            agent_id: "bench".into(),
+            site: "bench".into(),
+            nats: qis_agent::config::NatsConfig {
+                url: server.url(),
+                ..Default::default()
+            },
+            subject_prefix: "qis.bench".into(),
+            stream: "BENCH".into(),
+            manage_jetstream: false,
+            subjects: vec![],
+            synthesis: Default::default(),
+            listen: ([127, 0, 0, 1], port).into(),
+            data_dir: tempfile::tempdir().expect("tmp").keep(),
+            outbox_max: 1_000_000,
+        })
+        .expect("config");
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(qis_agent::run::run(config, Some(stop)));
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let third: Vec<_> = (2 * n..3 * n).map(packet).collect();
+        let intake = agent_intake(port, &third[..n.min(50_000)], 8).await;
+        (raw_pub, raw_con, dep, twin, intake)
+    });
+    let seed_n = n.min(20_000);
+    let seed = seed_baseline(&server.url(), seed_n);
+    let ratio = |a: f64, b: f64| format!("{:.0}%", 100.0 * a / b);
+    let x = |a: f64, b: Option<f64>| {
+        b.map(|b| format!("{:.1}×", a / b))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let (seed_pub, seed_fetch) = seed
+        .map(|(p, f)| (Some(p), Some(f)))
+        .unwrap_or((None, None));
+    let mut table = String::new();
+    table.push_str(&format!("{n} packets of {body_len} bytes (seed pattern: {seed_n}); one nats-server 2.15.1 on loopback.\n\n"));
+    table.push_str("| Path | packets/s | vs raw | vs seed pattern |\n|---|---:|---:|---:|\n");
+    table.push_str(&format!("| raw async-nats: pipelined publish, acks awaited per window of {} | {raw_pub:.0} | 100% | {} |\n", deposit::WINDOW, x(raw_pub, seed_pub)));
+    table.push_str(&format!(
+        "| agent deposit pipeline (queue → window → outbox on failure) | {dep:.0} | {} | {} |\n",
+        ratio(dep, raw_pub),
+        x(dep, seed_pub)
+    ));
+    table.push_str(&format!("| agent intake: HTTP POST /v1/outcomes, 8 keep-alive clients, strict decode | {intake:.0} | {} | {} |\n", ratio(intake, raw_pub), x(intake, seed_pub)));
+    table.push_str(&format!(
+        "| seed pattern: one awaited js.publish per packet (nats-py) | {} | {} | 1.0× |\n",
+        seed_pub.map(|v| format!("{v:.0}")).unwrap_or("n/a".into()),
+        seed_pub.map(|v| ratio(v, raw_pub)).unwrap_or("n/a".into())
+    ));
+    table.push_str(&format!(
+        "| raw async-nats: pull consume with acks (batch 500) | {raw_con:.0} | 100% | {} |\n",
+        x(raw_con, seed_fetch)
+    ));
+    table.push_str(&format!("| agent twins: pull, headers + strict decode + synthesis ingest + ack | {twin:.0} | {} | {} |\n", ratio(twin, raw_con), x(twin, seed_fetch)));
+    table.push_str(&format!(
+        "| seed pattern: fetch(50) + OutcomePacket(**data) + ack (nats-py) | {} | {} | 1.0× |\n",
+        seed_fetch
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or("n/a".into()),
+        seed_fetch
+            .map(|v| ratio(v, raw_con))
+            .unwrap_or("n/a".into())
+    ));
+    println!("{table}");
+    if std::env::var_os("QIS_BENCH_WRITE").is_some() {
+        let path = qis_testkit::workspace_root().join("docs/benchmarks-throughput.md");
+        std::fs::write(&path, format!("<!-- written by: QIS_BENCH_WRITE=1 cargo bench -p qis-agent --bench throughput -->\n{table}")).expect("write");
+        println!("wrote {}", path.display());
+    }
+}
