@@ -1,0 +1,327 @@
+//! The invalid-CR matrix: each bad object is refused by the layer that should refuse it —
+//! the CRD schema (patterns, ranges, enums; checked with a JSON Schema validator on the
+//! generated schema), the CEL rules (kube's client-side CEL validator, with the old object for
+//! transition rules), or the operator's pure validation (reported as `InvalidSpec` naming the
+//! field). Overlapping prefixes are a runtime conflict (`controller.rs`), not a spec error.
+
+use kube::core::cel::Validator;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layer {
+    Schema,
+    Cel,
+    Validation,
+}
+
+fn crd_schema(kind: usize) -> Value {
+    let (_, crd) = &qis_crds::crdgen::all()[kind];
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("schema"),
+    )
+    .expect("json")
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+fn swarm(patch: Value) -> Value {
+    let mut o = json!({"apiVersion": "qis.dev/v1alpha1", "kind": "QisSwarm", "metadata": {"name": "plant", "namespace": "f"},
+        "spec": serde_json::to_value(qis_crds::QisSwarmSpec::default()).expect("json")});
+    merge(&mut o, patch);
+    o
+}
+
+fn subject(patch: Value) -> Value {
+    let mut o = json!({"apiVersion": "qis.dev/v1alpha1", "kind": "QisSubject", "metadata": {"name": "wear", "namespace": "f"},
+        "spec": {"swarmRef": {"name": "plant"}, "domain": "hvac", "problemClass": "energy-anomaly",
+                 "consumer": serde_json::to_value(qis_crds::ConsumerSpec::default()).expect("json"), "synthesis": {}}});
+    merge(&mut o, patch);
+    o
+}
+
+/// Which layers refuse `obj` (kind 0 = swarm, 1 = subject), given the old object for updates.
+fn refusals(kind: usize, obj: &Value, old: Option<&Value>) -> Vec<Layer> {
+    let schema = crd_schema(kind);
+    let mut out = Vec::new();
+    let validator =
+        jsonschema::validator_for(&schema).expect("the CRD schema compiles as JSON Schema");
+    if !validator.is_valid(obj) {
+        out.push(Layer::Schema);
+    }
+    if Validator::new().validate(&schema, obj, old).is_err() {
+        out.push(Layer::Cel);
+    }
+    let spec = obj["spec"].clone();
+    let invalid = if kind == 0 {
+        serde_json::from_value::<qis_crds::QisSwarmSpec>(spec)
+            .map(|s| qis_operator::validate::swarm(&s).is_err())
+            .unwrap_or(false)
+    } else {
+        serde_json::from_value::<qis_crds::QisSubjectSpec>(spec)
+            .map(|s| qis_operator::validate::subject(&s).is_err())
+            .unwrap_or(false)
+    };
+    if invalid {
+        out.push(Layer::Validation);
+    }
+    out
+}
+
+/// Proves the valid baselines pass every layer (so each refusal below is the case's own).
+#[test]
+fn baselines_are_valid() {
+    assert_eq!(refusals(0, &swarm(json!({})), None), []);
+    assert_eq!(refusals(1, &subject(json!({})), None), []);
+}
+
+/// Proves 29 invalid objects are each refused by the layer meant to refuse them.
+#[test]
+fn every_invalid_object_is_refused() {
+    use Layer::*;
+    let old_swarm = swarm(json!({"spec": {"subjectPrefix": "qis.iot"}}));
+    let old_subject = subject(json!({}));
+    let key = json!({"name": "s", "key": "k"});
+    let cases: Vec<(&str, usize, Value, Option<&Value>, Layer)> = vec![
+        (
+            "prefix injection qis.>",
+            0,
+            swarm(json!({"spec": {"subjectPrefix": "qis.>"}})),
+            None,
+            Schema,
+        ),
+        (
+            "prefix with capitals",
+            0,
+            swarm(json!({"spec": {"subjectPrefix": "QIS.iot"}})),
+            None,
+            Schema,
+        ),
+        (
+            "prefix of nine tokens",
+            0,
+            swarm(json!({"spec": {"subjectPrefix": "a.b.c.d.e.f.g.h.i"}})),
+            None,
+            Schema,
+        ),
+        (
+            "negative maxBytes",
+            0,
+            swarm(json!({"spec": {"stream": {"maxBytes": -5}}})),
+            None,
+            Schema,
+        ),
+        (
+            "zero replicas",
+            0,
+            swarm(json!({"spec": {"stream": {"replicas": 0}}})),
+            None,
+            Schema,
+        ),
+        (
+            "maxMsgSize below a packet",
+            0,
+            swarm(json!({"spec": {"stream": {"maxMsgSize": 100}}})),
+            None,
+            Schema,
+        ),
+        (
+            "negative maxAge",
+            0,
+            swarm(json!({"spec": {"stream": {"maxAge": "-1h"}}})),
+            None,
+            Schema,
+        ),
+        (
+            "storage not an enum value",
+            0,
+            swarm(json!({"spec": {"stream": {"storage": "tape"}}})),
+            None,
+            Schema,
+        ),
+        (
+            "duplicateWindow beyond maxAge",
+            0,
+            swarm(json!({"spec": {"stream": {"maxAge": "1m", "duplicateWindow": "1h"}}})),
+            None,
+            Validation,
+        ),
+        (
+            "site listed twice",
+            0,
+            swarm(json!({"spec": {"sites": [{"name": "a"}, {"name": "a"}]}})),
+            None,
+            Validation,
+        ),
+        (
+            "site name with capitals and _",
+            0,
+            swarm(json!({"spec": {"sites": [{"name": "Hall_A"}]}})),
+            None,
+            Schema,
+        ),
+        (
+            "node label that is no label key",
+            0,
+            swarm(json!({"spec": {"siteDiscovery": {"nodeLabel": "bad label!"}}})),
+            None,
+            Validation,
+        ),
+        (
+            "NATS url of another scheme",
+            0,
+            swarm(json!({"spec": {"nats": {"url": "http://nats:4222"}}})),
+            None,
+            Validation,
+        ),
+        (
+            "two credential kinds",
+            0,
+            swarm(json!({"spec": {"nats": {"credentials": {"token": key, "credsFile": key}}}})),
+            None,
+            Cel,
+        ),
+        (
+            "username without password",
+            0,
+            swarm(json!({"spec": {"nats": {"credentials": {"username": key}}}})),
+            None,
+            Cel,
+        ),
+        (
+            "threshold above 1",
+            0,
+            swarm(json!({"spec": {"synthesis": {"threshold": 1.5}}})),
+            None,
+            Schema,
+        ),
+        (
+            "unknown deletionPolicy",
+            0,
+            swarm(json!({"spec": {"deletionPolicy": "purge"}})),
+            None,
+            Schema,
+        ),
+        (
+            "swarm name with a dot",
+            0,
+            swarm(json!({"metadata": {"name": "plant.a"}})),
+            None,
+            Cel,
+        ),
+        (
+            "subjectPrefix changed",
+            0,
+            swarm(json!({"spec": {"subjectPrefix": "qis.other"}})),
+            Some(&old_swarm),
+            Cel,
+        ),
+        (
+            "stream storage changed",
+            0,
+            swarm(json!({"spec": {"subjectPrefix": "qis.iot", "stream": {"storage": "memory"}}})),
+            Some(&old_swarm),
+            Cel,
+        ),
+        (
+            "domain injection hvac.>",
+            1,
+            subject(json!({"spec": {"domain": "hvac.>"}})),
+            None,
+            Schema,
+        ),
+        (
+            "reserved domain fp",
+            1,
+            subject(json!({"spec": {"domain": "fp"}})),
+            None,
+            Cel,
+        ),
+        (
+            "wildcard problem class",
+            1,
+            subject(json!({"spec": {"problemClass": "*"}})),
+            None,
+            Schema,
+        ),
+        (
+            "hashed without a problem class",
+            1,
+            {
+                let mut s = subject(json!({"spec": {"addressing": {"mode": "hashed"}}}));
+                s["spec"]
+                    .as_object_mut()
+                    .expect("spec")
+                    .remove("problemClass");
+                s
+            },
+            None,
+            Cel,
+        ),
+        (
+            "byStartTime without a start",
+            1,
+            subject(json!({"spec": {"consumer": {"deliverPolicy": "byStartTime"}}})),
+            None,
+            Cel,
+        ),
+        (
+            "start time that is no time",
+            1,
+            subject(
+                json!({"spec": {"consumer": {"deliverPolicy": "byStartTime", "optStartTime": "yesterday"}}}),
+            ),
+            None,
+            Validation,
+        ),
+        (
+            "backoff as long as maxDeliver",
+            1,
+            subject(json!({"spec": {"consumer": {"maxDeliver": 2, "backoff": ["1s", "2s"]}}})),
+            None,
+            Cel,
+        ),
+        (
+            "maxAckPending zero",
+            1,
+            subject(json!({"spec": {"consumer": {"maxAckPending": 0}}})),
+            None,
+            Schema,
+        ),
+        (
+            "swarmRef changed",
+            1,
+            subject(json!({"spec": {"swarmRef": {"name": "other"}}})),
+            Some(&old_subject),
+            Cel,
+        ),
+        (
+            "unknown deliverPolicy",
+            1,
+            subject(json!({"spec": {"consumer": {"deliverPolicy": "sometimes"}}})),
+            None,
+            Schema,
+        ),
+    ];
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for (name, kind, obj, old, layer) in &cases {
+        let got = refusals(*kind, obj, *old);
+        if !got.contains(layer) {
+            failures.push(format!("{name}: expected {layer:?}, refused by {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
