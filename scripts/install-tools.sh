@@ -11,10 +11,13 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 # The linter of the project's shell scripts (Debian package shellcheck; needs root, as CI is).
-if ! command -v shellcheck >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && apt-get install -y -qq shellcheck) >/dev/null 2>&1 || echo "warning: could not install shellcheck" >&2
-  fi
+# openssl makes the test CA of the TLS tests.
+missing=""
+command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
+  # shellcheck disable=SC2086
+  (apt-get update -qq && apt-get install -y -qq $missing) >/dev/null 2>&1 || echo "warning: could not install$missing" >&2
 fi
 
 # Python tools: nats-server 2.15.1 (Debian's 2.9 is too old), the CRD validator, the seed's

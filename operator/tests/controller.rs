@@ -1097,3 +1097,133 @@ async fn operator_killed_mid_reconcile_converges_without_orphans() {
     })
     .await;
 }
+
+/// Makes a CA and a server certificate for 127.0.0.1 with the openssl CLI; returns
+/// (ca.crt, server.crt, server.key) paths.
+fn make_certs(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=qis-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+/// Proves TLS with a self-signed CA made in the test: a swarm whose Secret holds the CA
+/// reaches a TLS-only nats-server; with another CA the swarm reports NatsUnavailable.
+#[tokio::test]
+async fn tls_with_a_self_signed_ca() {
+    let c = Cluster::start().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca, cert, key) = make_certs(dir.path());
+    let conf = dir.path().join("tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\n",
+            cert, key
+        ),
+    )
+    .expect("conf");
+    let secured = NatsServer::start_with_config(Some(conf));
+    let other = tempfile::tempdir().expect("tmp");
+    let (wrong_ca, _, _) = make_certs(other.path());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.client.clone(), NS);
+    for (name, pem) in [("nats-ca", &ca), ("wrong-ca", &wrong_ca)] {
+        let data = std::fs::read(pem).expect("pem");
+        let s = serde_json::from_value(
+            json!({"metadata": {"name": name}, "data": {"ca.crt": k8s_openapi::ByteString(data)}}),
+        )
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("secret");
+    }
+    for (swarm_name, secret) in [("trusting", "nats-ca"), ("mistrusting", "wrong-ca")] {
+        let mut s = swarm(swarm_name, Some(&format!("qis.{swarm_name}")), &[]);
+        s.spec.nats = Some(qis_crds::NatsConnection {
+            url: Some(format!("tls://127.0.0.1:{}", secured.port())),
+            tls: Some(qis_crds::NatsTls {
+                secret_name: secret.into(),
+                client_cert: false,
+            }),
+            ..Default::default()
+        });
+        c.swarms()
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("swarm");
+    }
+    swarm_condition(&c, "trusting", "Ready", "True", None).await;
+    swarm_condition(
+        &c,
+        "mistrusting",
+        "StreamReady",
+        "False",
+        Some("NatsUnavailable"),
+    )
+    .await;
+}
