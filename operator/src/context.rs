@@ -36,6 +36,8 @@ pub struct Context {
     pub pool: Arc<Pool>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// What server-side apply wrote last (to skip writes that change nothing).
+    pub applied: Arc<crate::apply::Memo>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
 }
 
@@ -64,6 +66,7 @@ impl Context {
             client,
             config: Arc::new(config),
             metrics,
+            applied: Arc::default(),
             failures: Arc::default(),
         }
     }

@@ -6,6 +6,7 @@
 //! (`conditions`). The reconcilers are `swarm_reconciler` and `subject_reconciler`; `run`
 //! wires them into kube-runtime controllers.
 
+pub mod apply;
 pub mod conditions;
 pub mod consumer_config;
 pub mod context;

@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::jetstream::{self as js_apply, StreamOutcome};
 use crate::metrics::KindLabel;
 use crate::sites::{self, Sites};
-use crate::{nats_settings, stream_config, validate, workload};
+use crate::{apply, nats_settings, stream_config, validate, workload};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -247,38 +247,23 @@ async fn apply_agents(
 ) -> Result<(Vec<SiteStatus>, Vec<String>), Error> {
     let ns = swarm.namespace().unwrap_or_default();
     let name = swarm.name_any();
-    let pp = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
     let writes = |what: &'static str| {
         ctx.metrics
             .api_writes
             .get_or_create(&crate::metrics::WriteLabels { kind: KIND, what })
             .inc()
     };
-    let sa = workload::service_account(swarm);
-    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &workload::agent_account_name(&name),
-            &pp,
-            &Patch::Apply(&sa),
-        )
-        .await?;
-    let role = workload::role(swarm);
-    Api::<Role>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &workload::agent_account_name(&name),
-            &pp,
-            &Patch::Apply(&role),
-        )
-        .await?;
-    let rb = workload::role_binding(swarm);
-    Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
-        .patch(
-            &workload::agent_account_name(&name),
-            &pp,
-            &Patch::Apply(&rb),
-        )
-        .await?;
-    writes("rbac");
+    let account = workload::agent_account_name(&name);
+    let memo = &ctx.applied;
+    let sa = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns);
+    let (_, w1) = apply::apply(&sa, &account, &workload::service_account(swarm), memo).await?;
+    let roles = Api::<Role>::namespaced(ctx.client.clone(), &ns);
+    let (_, w2) = apply::apply(&roles, &account, &workload::role(swarm), memo).await?;
+    let bindings = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns);
+    let (_, w3) = apply::apply(&bindings, &account, &workload::role_binding(swarm), memo).await?;
+    if w1 || w2 || w3 {
+        writes("rbac");
+    }
 
     let nodes = match &swarm.spec.site_discovery {
         Some(d) => {
@@ -295,8 +280,10 @@ async fn apply_agents(
     for site in &sites {
         let d = workload::deployment(swarm, site, prefix, stream, &ctx.config.defaults);
         let dname = workload::deployment_name(&name, &site.name);
-        let live = deployments.patch(&dname, &pp, &Patch::Apply(&d)).await?;
-        writes("deployment");
+        let (live, written) = apply::apply(&deployments, &dname, &d, memo).await?;
+        if written {
+            writes("deployment");
+        }
         out.push(SiteStatus {
             name: site.name.clone(),
             deployment: dname,

@@ -1,0 +1,76 @@
+//! Server-side apply that writes only when something changed: the object is applied unless
+//! the live one is exactly what this operator applied last (same desired content, and not
+//! touched since: same `generation`, or `resourceVersion` for kinds without one). So a steady
+//! swarm costs reads at each resync, no writes, while an edited or deleted child is put back.
+
+use crate::error::Error;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use qis_crds::constants::OPERATOR_FIELD_MANAGER;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+
+/// What was applied last, per object: (hash of the desired object, the live object's marker).
+#[derive(Debug, Default)]
+pub struct Memo(Mutex<HashMap<String, (u64, String)>>);
+
+fn marker<K: Resource>(live: &K) -> String {
+    match live.meta().generation {
+        Some(g) => format!("generation {g}"),
+        None => format!(
+            "resourceVersion {}",
+            live.meta().resource_version.clone().unwrap_or_default()
+        ),
+    }
+}
+
+/// Applies `desired` as `name` unless nothing changed; returns the live object and whether it
+/// was written.
+pub async fn apply<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: &K,
+    memo: &Memo,
+) -> Result<(K, bool), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    let mut h = DefaultHasher::new();
+    serde_json::to_string(desired)
+        .unwrap_or_default()
+        .hash(&mut h);
+    let hash = h.finish();
+    let key = format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        desired.namespace().unwrap_or_default(),
+        name
+    );
+    if let Some(live) = api.get_opt(name).await? {
+        let remembered = memo
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if remembered == Some((hash, marker(&live))) {
+            return Ok((live, false));
+        }
+    }
+    let live = api
+        .patch(
+            name,
+            &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await?;
+    memo.0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key, (hash, marker(&live)));
+    Ok((live, true))
+}
