@@ -12,12 +12,31 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use kube::runtime::{PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use qis_crds::{QisSubject, QisSwarm};
 use qis_lease::LeaseLock;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A hash of what a swarm's subjects depend on: its identity, generation, prefix, sites and
+/// whether its stream is ready.
+fn what_subjects_see(swarm: &QisSwarm) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    swarm.metadata.uid.hash(&mut h);
+    swarm.metadata.generation.hash(&mut h);
+    if let Some(st) = &swarm.status {
+        st.subject_prefix.hash(&mut h);
+        for s in &st.sites {
+            s.name.hash(&mut h);
+        }
+        crate::conditions::is_true(&st.conditions, qis_crds::constants::condition::STREAM_READY)
+            .hash(&mut h);
+    }
+    Some(h.finish())
+}
 
 /// How the process runs.
 #[derive(Debug, Clone)]
@@ -111,24 +130,29 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         watcher::Config::default().any_semantic(),
     );
     let subject_store = subject_ctl.store();
+    // Subjects care about a swarm's prefix, sites and stream readiness, not its live stream
+    // counters: without this filter every resync of a busy swarm would wake all its subjects.
+    let swarm_changes = watcher::watcher(
+        Api::<QisSwarm>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(what_subjects_see, PredicateConfig::default());
     let subjects = subject_ctl
-        .watches(
-            Api::<QisSwarm>::all(client.clone()),
-            watcher::Config::default(),
-            move |swarm: QisSwarm| {
-                // Every subject of this swarm: it appeared, its sites or stream changed.
-                let (ns, name) = (swarm.namespace(), swarm.name_any());
-                subject_store
-                    .state()
-                    .into_iter()
-                    .filter_map(|g| {
-                        let s = g.0.as_ref().ok()?;
-                        (s.namespace() == ns && s.spec.swarm_ref.name == name)
-                            .then(|| ObjectRef::from(g.as_ref()))
-                    })
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(swarm_changes, move |swarm: QisSwarm| {
+            // Every subject of this swarm: it appeared, its sites or stream changed.
+            let (ns, name) = (swarm.namespace(), swarm.name_any());
+            subject_store
+                .state()
+                .into_iter()
+                .filter_map(|g| {
+                    let s = g.0.as_ref().ok()?;
+                    (s.namespace() == ns && s.spec.swarm_ref.name == name)
+                        .then(|| ObjectRef::from(g.as_ref()))
+                })
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(subject_reconciler::reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {

@@ -174,6 +174,22 @@ fn with_list_kind(kind: &Kind, items: Vec<Value>, rv: u64) -> Value {
     json!({"kind": format!("{}List", kind.kind), "apiVersion": kind.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items})
 }
 
+/// Requests served, by method (for benchmarks: API requests per reconcile).
+pub static REQUESTS: [std::sync::atomic::AtomicU64; 6] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 6];
+
+/// Index into [`REQUESTS`]: GET, POST, PUT, PATCH, DELETE, other.
+pub fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        _ => 5,
+    }
+}
+
 /// The one handler: every API request goes through here.
 pub async fn handle(
     State(store): State<Shared>,
@@ -182,6 +198,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    REQUESTS[method_index(&method)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = uri.path().to_owned();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let wants_table = headers

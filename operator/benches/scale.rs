@@ -1,0 +1,246 @@
+//! Operator scale: 1,000 QisSubjects on one swarm with 3 sites (3,000 consumers) against the
+//! API stand-in and a real nats-server: time until all are Ready, API requests per reconcile,
+//! writes per minute at steady state, operator RSS. Prints a Markdown table;
+//! `QIS_BENCH_WRITE=1` writes `docs/benchmarks-scale.md`.
+//!
+//!   cargo bench -p qis-operator --bench scale          (QIS_SCALE_SUBJECTS=1000 by default)
+
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef};
+use qis_kube_standin::server::REQUESTS;
+use qis_testkit::NatsServer;
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0.0;
+    };
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn requests() -> u64 {
+    REQUESTS.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+}
+
+fn main() {
+    let n: usize = std::env::var("QIS_SCALE_SUBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let (addr, _store) = rt
+        .block_on(qis_kube_standin::spawn(Some(&crds), true))
+        .expect("stand-in");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, qis_kube_standin::kubeconfig(addr)).expect("kubeconfig");
+    let port = qis_testkit::free_port();
+    let resync = 60u64;
+    let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_qis-operator"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("QIS_SCALE_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--resync",
+            &format!("{resync}s"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--scratch-dir")
+        .arg(dir.path().join("scratch"))
+        .stdout(std::process::Stdio::null())
+        .stderr(if std::env::var_os("QIS_SCALE_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .spawn()
+        .expect("operator");
+    let client = {
+        let _guard = rt.enter();
+        Client::try_from(kube::Config::new(
+            format!("http://{addr}").parse().expect("url"),
+        ))
+        .expect("client")
+    };
+    let (ready_after, requests_to_ready, reconciles) = rt.block_on(async {
+        let swarms: Api<QisSwarm> = Api::namespaced(client.clone(), "scale");
+        let subjects: Api<QisSubject> = Api::namespaced(client.clone(), "scale");
+        let spec = QisSwarmSpec {
+            sites: ["a", "b", "c"]
+                .iter()
+                .map(|s| SiteSpec {
+                    name: (*s).into(),
+                    replicas: 1,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        swarms
+            .create(&PostParams::default(), &QisSwarm::new("plant", spec))
+            .await
+            .expect("swarm");
+        let start = Instant::now();
+        let before = requests();
+        for i in 0..n {
+            let s = QisSubjectSpec {
+                swarm_ref: SwarmRef {
+                    name: "plant".into(),
+                },
+                domain: "predictive-maintenance".into(),
+                problem_class: Some(format!("class-{i}")),
+                ..Default::default()
+            };
+            subjects
+                .create(
+                    &PostParams::default(),
+                    &QisSubject::new(&format!("s{i:04}"), s),
+                )
+                .await
+                .expect("subject");
+        }
+        loop {
+            let ready = subjects
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|s| {
+                            s.status.as_ref().is_some_and(|st| {
+                                st.conditions
+                                    .iter()
+                                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            if ready == n {
+                break;
+            }
+            if start.elapsed()
+                > Duration::from_secs(
+                    std::env::var("QIS_SCALE_DEADLINE")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(600),
+                )
+            {
+                let mut reasons = std::collections::BTreeMap::new();
+                for s in subjects
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                {
+                    let r = s
+                        .status
+                        .and_then(|st| {
+                            st.conditions
+                                .into_iter()
+                                .find(|c| c.type_ == "Ready")
+                                .map(|c| {
+                                    format!(
+                                        "{} {}: {}",
+                                        c.status,
+                                        c.reason,
+                                        c.message.chars().take(80).collect::<String>()
+                                    )
+                                })
+                        })
+                        .unwrap_or("no status".into());
+                    *reasons.entry(r).or_insert(0) += 1;
+                }
+                eprintln!("{reasons:#?}");
+            }
+            assert!(
+                start.elapsed()
+                    < Duration::from_secs(
+                        std::env::var("QIS_SCALE_DEADLINE")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(600)
+                    ),
+                "not all Ready after 10 min ({ready}/{n})"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        (
+            start.elapsed(),
+            requests() - before - (n as u64),
+            metric(port, "qis_operator_reconciles_total"),
+        )
+    });
+    let rss_ready = rss_mib(operator.id());
+    // Steady state: one full resync period.
+    let writes_before = metric(port, "qis_operator_api_writes_total");
+    let req_before = requests();
+    std::thread::sleep(Duration::from_secs(resync + 5));
+    let writes = metric(port, "qis_operator_api_writes_total") - writes_before;
+    let steady_requests = requests() - req_before;
+    let rss_steady = rss_mib(operator.id());
+    let _ = operator.kill();
+    let _ = operator.wait();
+
+    let per_reconcile = requests_to_ready as f64 / reconciles.max(1.0);
+    let check = |ok: bool| if ok { "met" } else { "**missed**" };
+    let mut t = format!(
+        "{n} QisSubjects × 3 sites = {} consumers, one swarm; stand-in API + nats-server 2.15.1 on loopback.\n\n| Measure | Value | Target | |\n|---|---:|---:|---|\n",
+        3 * n
+    );
+    t.push_str(&format!(
+        "| created → all subjects Ready | {:.1} s | ≤ 20 s | {} |\n",
+        ready_after.as_secs_f64(),
+        check(ready_after <= Duration::from_secs(20))
+    ));
+    t.push_str(&format!(
+        "| API requests per reconcile (while converging) | {per_reconcile:.1} | | |\n"
+    ));
+    t.push_str(&format!(
+        "| API requests during one steady resync period ({resync} s) | {steady_requests} | | |\n"
+    ));
+    t.push_str(&format!(
+        "| writes per minute at steady state | {:.0} | 0 | {} |\n",
+        writes * 60.0 / (resync + 5) as f64,
+        check(writes == 0.0)
+    ));
+    t.push_str(&format!("| operator RSS (all Ready / after a resync) | {rss_ready:.1} / {rss_steady:.1} MiB | ≤ 64 MiB | {} |\n", check(rss_steady.max(rss_ready) <= 64.0)));
+    println!("{t}");
+    if std::env::var_os("QIS_BENCH_WRITE").is_some() {
+        let path = qis_testkit::workspace_root().join("docs/benchmarks-scale.md");
+        std::fs::write(&path, format!("<!-- written by: QIS_BENCH_WRITE=1 cargo bench -p qis-operator --bench scale -->\n{t}")).expect("write");
+    }
+}
