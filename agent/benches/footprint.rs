@@ -1,7 +1,7 @@
 //! Footprint of the agent binary (the release profile: size-optimized, LTO, stripped): file
 //! size, RSS idle, RSS with a 100k-packet window, and the time from process start to
 //! consumers bound (`/readyz` 200). Prints a Markdown table; `QIS_BENCH_WRITE=1` writes
-//! `docs/benchmarks-footprint.md`.
+//! `target/benchmarks-footprint.md`.
 //!
 //!   cargo bench -p qis-agent --bench footprint
 
@@ -153,7 +153,7 @@ fn main() {
     ));
     println!("{t}");
     if std::env::var_os("QIS_BENCH_WRITE").is_some() {
-        let path = qis_testkit::workspace_root().join("docs/benchmarks-footprint.md");
+        let path = qis_testkit::workspace_root().join("target/benchmarks-footprint.md");
         std::fs::write(&path, format!("<!-- written by: QIS_BENCH_WRITE=1 cargo bench -p qis-agent --bench footprint -->\n{t}")).expect("write");
     }
 }

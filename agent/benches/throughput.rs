@@ -295,7 +295,7 @@ fn main() {
     ));
     println!("{table}");
     if std::env::var_os("QIS_BENCH_WRITE").is_some() {
-        let path = qis_testkit::workspace_root().join("docs/benchmarks-throughput.md");
+        let path = qis_testkit::workspace_root().join("target/benchmarks-throughput.md");
         std::fs::write(&path, format!("<!-- written by: QIS_BENCH_WRITE=1 cargo bench -p qis-agent --bench throughput -->\n{table}")).expect("write");
         println!("wrote {}", path.display());
     }

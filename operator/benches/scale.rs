@@ -1,7 +1,7 @@
 //! Operator scale: 1,000 QisSubjects on one swarm with 3 sites (3,000 consumers) against the
 //! API stand-in and a real nats-server: time until all are Ready, API requests per reconcile,
 //! writes per minute at steady state, operator RSS. Prints a Markdown table;
-//! `QIS_BENCH_WRITE=1` writes `docs/benchmarks-scale.md`.
+//! `QIS_BENCH_WRITE=1` writes `target/benchmarks-scale.md`.
 //!
 //!   cargo bench -p qis-operator --bench scale          (QIS_SCALE_SUBJECTS=1000 by default)
 
@@ -240,7 +240,7 @@ fn main() {
     t.push_str(&format!("| operator RSS (all Ready / after a resync) | {rss_ready:.1} / {rss_steady:.1} MiB | ≤ 64 MiB | {} |\n", check(rss_steady.max(rss_ready) <= 64.0)));
     println!("{t}");
     if std::env::var_os("QIS_BENCH_WRITE").is_some() {
-        let path = qis_testkit::workspace_root().join("docs/benchmarks-scale.md");
+        let path = qis_testkit::workspace_root().join("target/benchmarks-scale.md");
         std::fs::write(&path, format!("<!-- written by: QIS_BENCH_WRITE=1 cargo bench -p qis-operator --bench scale -->\n{t}")).expect("write");
     }
 }
