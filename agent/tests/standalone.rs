@@ -122,22 +122,13 @@ async fn http(
     )
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+/// Polls `f` until it returns `Some`, or fails the test after `WAIT` saying what it waited for.
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    qis_testkit::eventually(what, WAIT, f).await
 }
 
 fn now() -> f64 {

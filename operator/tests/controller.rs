@@ -116,22 +116,12 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// Polls `f` until it returns `Some`, or fails the test after `WAIT` saying what it waited for.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    qis_testkit::eventually(what, WAIT, f).await
 }
 
 fn condition<'a>(
@@ -142,6 +132,29 @@ fn condition<'a>(
 }
 
 /// Waits until the swarm's condition `t` has `status` (and `reason`, when given).
+/// Waits until the object's condition `t` has `status` (and `reason`, when given).
+async fn wait_condition<K>(
+    api: Api<K>,
+    name: &str,
+    t: &str,
+    status: &str,
+    reason: Option<&str>,
+    conditions: fn(&K) -> Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(&format!("{name} {t}={status} {reason:?}"), || {
+        let api = api.clone();
+        async move {
+            let o = api.get_opt(name).await.ok()??;
+            let cond = condition(conditions(&o)?, t)?;
+            (cond.status == status && reason.is_none_or(|r| cond.reason == r)).then_some(o.clone())
+        }
+    })
+    .await
+}
+
 async fn swarm_condition(
     c: &Cluster,
     name: &str,
@@ -149,14 +162,8 @@ async fn swarm_condition(
     status: &str,
     reason: Option<&str>,
 ) -> QisSwarm {
-    let api = c.swarms();
-    eventually(&format!("swarm {name} {t}={status} {reason:?}"), || {
-        let api = api.clone();
-        async move {
-            let s = api.get_opt(name).await.ok()??;
-            let cond = condition(&s.status.as_ref()?.conditions, t)?;
-            (cond.status == status && reason.is_none_or(|r| cond.reason == r)).then_some(s)
-        }
+    wait_condition(c.swarms(), name, t, status, reason, |s: &QisSwarm| {
+        s.status.as_ref().map(|st| st.conditions.as_slice())
     })
     .await
 }
@@ -168,14 +175,8 @@ async fn subject_condition(
     status: &str,
     reason: Option<&str>,
 ) -> QisSubject {
-    let api = c.subjects();
-    eventually(&format!("subject {name} {t}={status} {reason:?}"), || {
-        let api = api.clone();
-        async move {
-            let s = api.get_opt(name).await.ok()??;
-            let cond = condition(&s.status.as_ref()?.conditions, t)?;
-            (cond.status == status && reason.is_none_or(|r| cond.reason == r)).then_some(s)
-        }
+    wait_condition(c.subjects(), name, t, status, reason, |s: &QisSubject| {
+        s.status.as_ref().map(|st| st.conditions.as_slice())
     })
     .await
 }

@@ -36,22 +36,13 @@ impl Drop for Killed {
     }
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+/// Polls `f` until it returns `Some`, or fails the test after `WAIT` saying what it waited for.
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    qis_testkit::eventually(what, WAIT, f).await
 }
 
 async fn post(port: u16, body: &str) -> u16 {
