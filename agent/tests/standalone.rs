@@ -585,3 +585,79 @@ async fn nats_killed_mid_run_loses_and_doubles_nothing() {
         a.stop().await;
     }
 }
+
+/// Proves an agent killed (SIGKILL, no graceful flush) with a full outbox delivers it after
+/// it starts again on the same data directory, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outbox_survives_sigkill() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = |port: u16| {
+        let path = dir.path().join(format!("agent-{port}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "agentId: killed\nsite: a\nnats: {{url: '{}'}}\nsubjectPrefix: qis.iot\nstream: {STREAM}\nlisten: 127.0.0.1:{port}\ndataDir: {}\nsubjects:\n- {{name: wear, domain: predictive-maintenance, problemClass: bearing-wear}}\n",
+                url,
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("config");
+        path
+    };
+    let spawn = |path: std::path::PathBuf| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qis-agent"))
+            .args(["run", "--config"])
+            .arg(path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("agent")
+    };
+    let port = qis_testkit::free_port();
+    let mut first = spawn(config(port));
+    eventually("first agent ready", || async {
+        (http(port, "GET", "/readyz", "", &[]).await.0 == 200).then_some(())
+    })
+    .await;
+    server.kill();
+    let t = now();
+    for i in 0..40 {
+        assert_eq!(
+            http(
+                port,
+                "POST",
+                "/v1/outcomes",
+                &outcome(&format!("pump-{i}"), 0.7, t),
+                &[]
+            )
+            .await
+            .0,
+            202
+        );
+    }
+    let depth = || async {
+        let (_, body) = http(port, "GET", "/metrics", "", &[]).await;
+        body.lines()
+            .find(|l| l.starts_with("qis_agent_outbox_depth"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    eventually("40 packets in the outbox", || async {
+        (depth().await? >= 40.0).then_some(())
+    })
+    .await;
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    server.restart();
+    let port2 = qis_testkit::free_port();
+    let mut second = spawn(config(port2));
+    let js = jetstream::new(async_nats::connect(server.url()).await.expect("nats"));
+    eventually("the killed agent's outbox delivered", || async {
+        (outcomes(&js).await.0 >= 40).then_some(())
+    })
+    .await;
+    assert_eq!(outcomes(&js).await, (40, 40), "every packet once");
+    let _ = second.kill();
+    let _ = second.wait();
+}
