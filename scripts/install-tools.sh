@@ -8,6 +8,8 @@ mkdir -p "$tools/bin"
 
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
+  # The agent ships as a static musl binary.
+  rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || echo "warning: could not add the musl target" >&2
 fi
 
 # The linter of the project's shell scripts (Debian package shellcheck; needs root, as CI is).
@@ -15,6 +17,8 @@ fi
 missing=""
 command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v musl-gcc >/dev/null 2>&1 || missing="$missing musl-tools"
+command -v file >/dev/null 2>&1 || missing="$missing file"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
   # shellcheck disable=SC2086
   (apt-get update -qq && apt-get install -y -qq $missing) >/dev/null 2>&1 || echo "warning: could not install$missing" >&2

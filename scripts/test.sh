@@ -26,6 +26,14 @@ echo "== CRDs against Kubernetes 1.33 and 1.37 schemas (kubernetes-validate --st
 for version in 1.33.0 1.37.0; do
   kubernetes-validate --strict --quiet -k "$version" crds/*.yaml
 done
+echo "== static musl agent: builds, stays within 12 MiB, runs"
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked -q -p qis-agent --target x86_64-unknown-linux-musl
+agent_bin=target/x86_64-unknown-linux-musl/release/qis-agent
+file "$agent_bin" | grep -q "static" || { echo "the agent is not statically linked" >&2; exit 1; }
+size=$(stat -c %s "$agent_bin")
+echo "static agent: $size bytes"
+[ "$size" -le $((12 * 1024 * 1024)) ] || { echo "the static agent is over 12 MiB" >&2; exit 1; }
+"$agent_bin" synthesize --method seed agent/testdata/seed-demo.jsonl | grep -q "consensus_strength:  1.000"
 echo "== the local full loop (README main command, in check mode)"
 bash scripts/demo.sh --check
 echo "== all tests passed"
