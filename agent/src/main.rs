@@ -171,8 +171,12 @@ fn post(addr: &str, body: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
-fn publish(files: &[String], agent: &str) -> ExitCode {
-    let (mut sent, mut refused) = (0usize, 0usize);
+/// Calls `f(source, line number, line)` for every non-blank line of the files (stdin for none
+/// or `-`); `f` returns `Err(code)` to stop. Unreadable input stops with code 2.
+fn for_each_line(
+    files: &[String],
+    mut f: impl FnMut(&str, usize, &str) -> Result<(), ExitCode>,
+) -> Result<(), ExitCode> {
     let sources: Vec<String> = if files.is_empty() {
         vec!["-".into()]
     } else {
@@ -182,33 +186,42 @@ fn publish(files: &[String], agent: &str) -> ExitCode {
         let reader: Box<dyn Read> = if source == "-" {
             Box::new(std::io::stdin())
         } else {
-            match std::fs::File::open(source) {
-                Ok(f) => Box::new(f),
-                Err(e) => {
-                    eprintln!("error: {source}: {e}");
-                    return ExitCode::from(2);
-                }
-            }
+            Box::new(std::fs::File::open(source).map_err(|e| {
+                eprintln!("error: {source}: {e}");
+                ExitCode::from(2)
+            })?)
         };
         for (n, line) in BufReader::new(reader).lines().enumerate() {
-            let Ok(line) = line else {
-                return ExitCode::from(2);
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            match post(agent, line.trim()) {
-                Ok((202, _)) => sent += 1,
-                Ok((code, body)) => {
-                    refused += 1;
-                    eprintln!("refused {source}:{}: {code} {body}", n + 1);
-                }
-                Err(e) => {
-                    eprintln!("error: agent at {agent}: {e}");
-                    return ExitCode::from(1);
-                }
+            let line = line.map_err(|e| {
+                eprintln!("error: {source}: {e}");
+                ExitCode::from(2)
+            })?;
+            if !line.trim().is_empty() {
+                f(source, n + 1, line.trim())?;
             }
         }
+    }
+    Ok(())
+}
+
+fn publish(files: &[String], agent: &str) -> ExitCode {
+    let (mut sent, mut refused) = (0usize, 0usize);
+    let done = for_each_line(files, |source, n, line| {
+        match post(agent, line) {
+            Ok((202, _)) => sent += 1,
+            Ok((code, body)) => {
+                refused += 1;
+                eprintln!("refused {source}:{n}: {code} {body}");
+            }
+            Err(e) => {
+                eprintln!("error: agent at {agent}: {e}");
+                return Err(ExitCode::from(1));
+            }
+        }
+        Ok(())
+    });
+    if let Err(code) = done {
+        return code;
     }
     println!("{sent} accepted, {refused} refused");
     if refused > 0 {
@@ -221,42 +234,18 @@ fn publish(files: &[String], agent: &str) -> ExitCode {
 fn synthesize(files: &[String], settings: Settings, now: Option<f64>) -> ExitCode {
     let mut packets = Vec::new();
     let mut refused = 0usize;
-    let sources: Vec<String> = if files.is_empty() {
-        vec!["-".into()]
-    } else {
-        files.to_vec()
-    };
-    for source in &sources {
-        let reader: Box<dyn Read> = if source == "-" {
-            Box::new(std::io::stdin())
-        } else {
-            match std::fs::File::open(source) {
-                Ok(f) => Box::new(f),
-                Err(e) => {
-                    eprintln!("error: {source}: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        };
-        for (n, line) in BufReader::new(reader).lines().enumerate() {
-            let line = match line {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("error: {source}: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if line.trim().is_empty() {
-                continue;
-            }
-            match OutcomePacket::decode(line.as_bytes()) {
-                Ok(p) => packets.push((PacketMeta::outcome(line.as_bytes()), p)),
-                Err(e) => {
-                    refused += 1;
-                    eprintln!("refused {source}:{}: {} ({e})", n + 1, e.rule());
-                }
+    let done = for_each_line(files, |source, n, line| {
+        match OutcomePacket::decode(line.as_bytes()) {
+            Ok(p) => packets.push((PacketMeta::outcome(line.as_bytes()), p)),
+            Err(e) => {
+                refused += 1;
+                eprintln!("refused {source}:{n}: {} ({e})", e.rule());
             }
         }
+        Ok(())
+    });
+    if let Err(code) = done {
+        return code;
     }
     let now = now.unwrap_or_else(|| packets.iter().map(|(_, p)| p.timestamp).fold(0.0, f64::max));
     let mut synth = Synthesizer::new(settings);
