@@ -35,7 +35,8 @@ work="$(mktemp -d /tmp/qis-demo.XXXXXX)"
 pids=()
 cleanup() {
   local code=$?
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Children first: the stand-in kubelet's agent processes, then the services.
+  for p in "${pids[@]}"; do pkill -P "$p" 2>/dev/null || true; kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   if [ "$code" -ne 0 ] && [ "$code" -ne 130 ]; then
     echo "logs kept in $work" >&2

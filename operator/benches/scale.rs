@@ -39,6 +39,14 @@ fn metric(port: u16, name: &str) -> f64 {
         .sum()
 }
 
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn requests() -> u64 {
     REQUESTS.iter().map(|r| r.load(Ordering::Relaxed)).sum()
 }
@@ -63,7 +71,7 @@ fn main() {
     std::fs::write(&kubeconfig, qis_kube_standin::kubeconfig(addr)).expect("kubeconfig");
     let port = qis_testkit::free_port();
     let resync = 60u64;
-    let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_qis-operator"))
+    let operator = std::process::Command::new(env!("CARGO_BIN_EXE_qis-operator"))
         .env("KUBECONFIG", &kubeconfig)
         .env(
             "RUST_LOG",
@@ -87,6 +95,8 @@ fn main() {
         })
         .spawn()
         .expect("operator");
+    // Killed on every exit, a failed assertion included.
+    let mut operator = KillOnDrop(operator);
     let client = {
         let _guard = rt.enter();
         Client::try_from(kube::Config::new(
@@ -204,16 +214,15 @@ fn main() {
             metric(port, "qis_operator_reconciles_total"),
         )
     });
-    let rss_ready = rss_mib(operator.id());
+    let rss_ready = rss_mib(operator.0.id());
     // Steady state: one full resync period.
     let writes_before = metric(port, "qis_operator_api_writes_total");
     let req_before = requests();
     std::thread::sleep(Duration::from_secs(resync + 5));
     let writes = metric(port, "qis_operator_api_writes_total") - writes_before;
     let steady_requests = requests() - req_before;
-    let rss_steady = rss_mib(operator.id());
-    let _ = operator.kill();
-    let _ = operator.wait();
+    let rss_steady = rss_mib(operator.0.id());
+    let _ = operator.0.kill();
 
     let per_reconcile = requests_to_ready as f64 / reconciles.max(1.0);
     let check = |ok: bool| if ok { "met" } else { "**missed**" };
