@@ -74,3 +74,39 @@ where
         .insert(key, (hash, marker(&live)));
     Ok((live, true))
 }
+
+/// Writes `status` into `obj`'s status subresource by server-side apply (field manager
+/// `qis-operator`, forced: the operator owns its fields) and counts the write.
+pub async fn apply_status<K>(
+    ctx: &crate::context::Context,
+    obj: &K,
+    status: &impl Serialize,
+    kind_label: &'static str,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics
+        .api_writes
+        .get_or_create(&crate::metrics::WriteLabels {
+            kind: kind_label,
+            what: "status",
+        })
+        .inc();
+    Ok(())
+}

@@ -6,18 +6,19 @@
 use crate::conditions::{self, Desired};
 use crate::context::Context;
 use crate::error::Error;
-use crate::metrics::{KindLabel, WriteLabels};
-use crate::{consumer_config, jetstream as js_apply, nats_settings, stream_config, validate};
+use crate::metrics::KindLabel;
+use crate::{
+    apply, consumer_config, jetstream as js_apply, nats_settings, stream_config, validate,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
-use qis_crds::constants::{OPERATOR_FIELD_MANAGER, SUBJECT_FINALIZER, condition, reason};
+use qis_crds::constants::{SUBJECT_FINALIZER, condition, reason};
 use qis_crds::{ConsumerStatus, QisSubject, QisSubjectStatus, QisSwarm};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -347,22 +348,7 @@ async fn write_status(
         consumers,
         consensus: None,
     };
-    let api: Api<QisSubject> =
-        Api::namespaced(ctx.client.clone(), &subject.namespace().unwrap_or_default());
-    let patch = json!({ "apiVersion": "qis.dev/v1alpha1", "kind": "QisSubject", "status": status });
-    api.patch_status(
-        &subject.name_any(),
-        &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    ctx.metrics
-        .api_writes
-        .get_or_create(&WriteLabels {
-            kind: KIND,
-            what: "status",
-        })
-        .inc();
+    apply::apply_status(ctx, subject, &status, KIND).await?;
     Ok(())
 }
 

@@ -13,16 +13,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
-use qis_crds::constants::{
-    LABEL_SITE, LABEL_SWARM, OPERATOR_FIELD_MANAGER, SWARM_FINALIZER, condition, reason,
-};
+use qis_crds::constants::{LABEL_SITE, LABEL_SWARM, SWARM_FINALIZER, condition, reason};
 use qis_crds::{DeletionPolicy, QisSwarm, QisSwarmStatus, SiteStatus, StreamStatus};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -355,22 +352,7 @@ async fn write_status(
         &new.conditions,
     )
     .await;
-    let api: Api<QisSwarm> =
-        Api::namespaced(ctx.client.clone(), &swarm.namespace().unwrap_or_default());
-    let patch = json!({ "apiVersion": "qis.dev/v1alpha1", "kind": "QisSwarm", "status": new });
-    api.patch_status(
-        &swarm.name_any(),
-        &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    ctx.metrics
-        .api_writes
-        .get_or_create(&crate::metrics::WriteLabels {
-            kind: KIND,
-            what: "status",
-        })
-        .inc();
+    apply::apply_status(ctx, swarm, &new, KIND).await?;
     Ok(())
 }
 

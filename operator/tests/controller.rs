@@ -236,6 +236,21 @@ async fn events_with_reason(c: &Cluster, reason: &str) -> Vec<Event> {
         .unwrap_or_default()
 }
 
+/// Does the namespaced object exist?
+async fn exists<K>(c: &Cluster, name: &str) -> bool
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(c.client.clone(), NS)
+        .get_opt(name)
+        .await
+        .expect("get")
+        .is_some()
+}
+
 /// Proves the main path: a swarm with three sites and a subject yield the stream, three
 /// per-site consumers on the subject's address, three restricted Deployments, the agents'
 /// RBAC, and Ready conditions with observedGeneration.
@@ -327,25 +342,13 @@ async fn swarm_and_subject_become_ready() {
         Some(false)
     );
     assert!(
-        Api::<ServiceAccount>::namespaced(c.client.clone(), NS)
-            .get_opt("plant-agent")
-            .await
-            .expect("get")
-            .is_some()
+        exists::<ServiceAccount>(&c, "plant-agent").await,
+        "agents' ServiceAccount"
     );
+    assert!(exists::<Role>(&c, "plant-agent").await, "agents' Role");
     assert!(
-        Api::<Role>::namespaced(c.client.clone(), NS)
-            .get_opt("plant-agent")
-            .await
-            .expect("get")
-            .is_some()
-    );
-    assert!(
-        Api::<RoleBinding>::namespaced(c.client.clone(), NS)
-            .get_opt("plant-agent")
-            .await
-            .expect("get")
-            .is_some()
+        exists::<RoleBinding>(&c, "plant-agent").await,
+        "agents' RoleBinding"
     );
 }
 
