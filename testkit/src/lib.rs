@@ -31,10 +31,54 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again at once).
+/// A free TCP port on 127.0.0.1, chosen below the kernel's ephemeral range.
+///
+/// Ports from the ephemeral range (what `bind(:0)` hands out) are also the source ports of
+/// outgoing connections: a readiness probe can then connect to itself (TCP self-connect) and
+/// hold the port the server was about to bind, or a client of another test can take it.
+/// Below the range neither can happen; a random start keeps parallel test processes apart,
+/// and the port is checked bindable before it is returned.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    let (low, _) = ephemeral_range();
+    let floor = 10_000u16.min(low.saturating_sub(1_000));
+    let span = u64::from(low - floor).max(1);
+    let mut seed = random_seed();
+    for _ in 0..1_000 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let port = floor + ((seed >> 33) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {floor} and {low}");
+}
+
+/// The kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`), Linux's
+/// default when unreadable.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .filter(|(low, high)| *low > 2_000 && low <= high)
+        .unwrap_or((32_768, 60_999))
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -58,6 +102,7 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     config: Option<PathBuf>,
+    started_once: bool,
 }
 
 impl NatsServer {
@@ -74,39 +119,71 @@ impl NatsServer {
             port: free_port(),
             store,
             config,
+            started_once: false,
         };
         server.spawn();
         server
     }
 
+    /// Starts the child and waits until it greets with `INFO`. A fresh server whose port was
+    /// taken meanwhile (the child exits) moves to another free port; a restart keeps its port.
     fn spawn(&mut self) {
-        let mut cmd = Command::new(nats_server_binary());
-        cmd.args([
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-sd",
-        ])
-        .arg(self.store.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        if let Some(c) = &self.config {
-            cmd.arg("-c").arg(c);
+        let fresh = !self.started_once;
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let log = self.store.path().join("nats-server.log");
+            let mut cmd = Command::new(nats_server_binary());
+            cmd.args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path().join("js"))
+            .arg("-l")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            if let Some(c) = &self.config {
+                cmd.arg("-c").arg(c);
+            }
+            let mut child = cmd.spawn().unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {:?}: {e} (run scripts/install-tools.sh)",
+                    nats_server_binary()
+                )
+            });
+            let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+            let outcome = wait_for(Duration::from_secs(10), || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(Err(format!("exited with {status}")));
+                }
+                greets(&addr).then_some(Ok(()))
+            });
+            match outcome {
+                Some(Ok(())) => {
+                    self.child = Some(child);
+                    self.started_once = true;
+                    return;
+                }
+                Some(Err(e)) => last_error = e,
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_error = "did not greet within 10 s".into();
+                }
+            }
+            last_error = format!(
+                "{last_error}; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            if fresh {
+                self.port = free_port();
+            }
         }
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start {:?}: {e} (run scripts/install-tools.sh)",
-                nats_server_binary()
-            )
-        });
-        self.child = Some(child);
-        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        wait_for(Duration::from_secs(10), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
-        })
-        .expect("nats-server did not listen within 10 s");
+        panic!("nats-server did not start: {last_error}");
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -137,6 +214,23 @@ impl NatsServer {
     }
 }
 
+/// True when a NATS server answers on `addr` with its `INFO` line (not merely when something
+/// accepts the connection).
+fn greets(addr: &SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut stream) = TcpStream::connect_timeout(addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).is_ok() && &head == b"INFO "
+}
+
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
@@ -160,5 +254,44 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_outside_the_ephemeral_range_and_bindable() {
+        let (low, _) = ephemeral_range();
+        for _ in 0..50 {
+            let port = free_port();
+            assert!(port < low, "{port} is in the ephemeral range from {low}");
+            TcpListener::bind(("127.0.0.1", port)).expect("free_port returned a bound port");
+        }
+    }
+
+    /// A port taken by something that accepts but is not NATS: the readiness check must not
+    /// be fooled, and the fresh server moves to another port.
+    #[test]
+    fn a_taken_port_moves_a_fresh_server_elsewhere() {
+        let squatter = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken = squatter.local_addr().expect("addr").port();
+        let mut server = NatsServer {
+            child: None,
+            port: taken,
+            store: tempfile::tempdir().expect("temp store"),
+            config: None,
+            started_once: false,
+        };
+        server.spawn();
+        assert_ne!(server.port(), taken);
+        let addr: SocketAddr = ([127, 0, 0, 1], server.port()).into();
+        assert!(greets(&addr), "the server on the new port greets");
+        assert!(
+            !greets(&([127, 0, 0, 1], taken).into()),
+            "the squatter does not"
+        );
+        drop(squatter);
     }
 }

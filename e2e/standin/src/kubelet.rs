@@ -35,13 +35,6 @@ struct Pod {
     child: tokio::process::Child,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
 async fn ready(port: u16) -> bool {
     let Ok(Ok(mut s)) = tokio::time::timeout(
         Duration::from_millis(300),
@@ -227,7 +220,7 @@ fn spawn(
         .pointer("/spec/template/spec/containers/0")
         .cloned()
         .unwrap_or(Value::Null);
-    let port = free_port();
+    let port = qis_testkit::free_port();
     let data = config.work_dir.join(pod);
     std::fs::create_dir_all(&data)?;
     let log = std::fs::File::create(config.work_dir.join(format!("{pod}.log")))?;
