@@ -79,9 +79,14 @@ pub mod reason {
     pub const CLEANUP_ABANDONED: &str = "CleanupAbandoned";
     /// An agent reports consensus.
     pub const CONSENSUS_REPORTED: &str = "ConsensusReported";
+    /// The swarm's stream admits no more consumers (`spec.stream.maxConsumers`).
+    pub const CONSUMER_LIMIT_REACHED: &str = "ConsumerLimitReached";
     /// No agent has reported consensus (yet, or lately).
     pub const NO_REPORT: &str = "NoReport";
 }
+
+/// Consumers a swarm's stream admits unless `spec.stream.maxConsumers` says otherwise.
+pub const DEFAULT_MAX_CONSUMERS: i32 = 10_000;
 
 /// Hex characters of a packet id (`Nats-Msg-Id`).
 pub const PACKET_ID_LEN: usize = 32;

@@ -191,6 +191,13 @@ pub struct StreamSpec {
     /// `old` or `new`. Default `old`.
     #[serde(default)]
     pub discard: DiscardPolicy,
+    /// Most consumers the stream admits. Every subject has one durable consumer per site, and
+    /// each agent briefly adds one while it rebuilds its window, so a swarm needs about
+    /// `subjects × sites + agents`. Default 10000. The stream always carries an explicit
+    /// limit: nats-server 2.15 caps a stream that sets none at 1000 consumers.
+    #[serde(default = "default_max_consumers")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_consumers: i32,
 }
 
 impl Default for StreamSpec {
@@ -203,6 +210,7 @@ impl Default for StreamSpec {
             max_msg_size: None,
             duplicate_window: default_duplicate_window(),
             discard: DiscardPolicy::default(),
+            max_consumers: default_max_consumers(),
         }
     }
 }
@@ -218,6 +226,9 @@ fn default_max_bytes() -> i64 {
 }
 fn default_duplicate_window() -> Duration {
     std::time::Duration::from_secs(120).into()
+}
+fn default_max_consumers() -> i32 {
+    crate::constants::DEFAULT_MAX_CONSUMERS
 }
 fn default_site_replicas() -> i32 {
     1

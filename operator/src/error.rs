@@ -23,6 +23,8 @@ pub enum Error {
     NotSupported(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("consumer limit reached: {0}")]
+    ConsumerLimit(String),
     #[error("NATS: {0}")]
     Nats(String),
     #[error("Kubernetes API: {0}")]
@@ -40,7 +42,7 @@ impl Error {
         match self {
             Error::InvalidSpec { .. } => Category::InvalidSpec,
             Error::NotSupported(_) => Category::NotSupported,
-            Error::Conflict(_) => Category::Conflict,
+            Error::Conflict(_) | Error::ConsumerLimit(_) => Category::Conflict,
             Error::Nats(_)
             | Error::Kube(_)
             | Error::Finalizer(_)
@@ -56,6 +58,7 @@ impl Error {
             Error::InvalidSpec { .. } => reason::INVALID_SPEC,
             Error::NotSupported(_) => reason::NOT_SUPPORTED,
             Error::Conflict(_) => reason::RESOURCE_CONFLICT,
+            Error::ConsumerLimit(_) => reason::CONSUMER_LIMIT_REACHED,
             Error::Nats(_) => reason::NATS_UNAVAILABLE,
             Error::Kube(_) | Error::Finalizer(_) => reason::KUBE_API_ERROR,
             Error::Waiting(_) => reason::PROGRESSING,

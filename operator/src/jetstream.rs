@@ -20,6 +20,8 @@ mod code {
     pub const STREAM_NOT_FOUND: u64 = 10059;
     pub const CONSUMER_NOT_FOUND: u64 = 10014;
     pub const SUBJECT_OVERLAP: u64 = 10065;
+    /// The stream (or the account) admits no more consumers.
+    pub const MAX_CONSUMERS: u64 = 10026;
     /// Codes that say "not now" rather than "not this": cluster or JetStream unavailable,
     /// insufficient resources, stream or consumer offline.
     pub const TRANSIENT: [u64; 10] = [
@@ -46,6 +48,13 @@ impl ApiError {
                 code: code::SUBJECT_OVERLAP,
                 description,
             } => Error::Conflict(format!("{what}: {description}")),
+            ApiError::Server {
+                code: code::MAX_CONSUMERS,
+                description,
+            } => Error::ConsumerLimit(format!(
+                "{what}: {description}; raise the swarm's spec.stream.maxConsumers \
+                 (or the account's JetStream consumer limit)"
+            )),
             ApiError::Server { code, description } if code::TRANSIENT.contains(&code) => {
                 Error::Nats(format!("{what}: {description}"))
             }

@@ -37,7 +37,7 @@ pub fn desired(namespace: &str, name: &str, spec: &QisSwarmSpec) -> Config {
         max_bytes: s.max_bytes,
         max_messages: -1,
         max_messages_per_subject: -1,
-        max_consumers: -1,
+        max_consumers: s.max_consumers,
         max_message_size: s
             .max_msg_size
             .unwrap_or(i32::try_from(DEFAULT_MAX_MSG_SIZE).unwrap_or(i32::MAX)),
@@ -80,6 +80,7 @@ pub fn drift(live: &Config, desired: &Config) -> Vec<&'static str> {
         "duplicateWindow",
     );
     check(live.discard != desired.discard, "discard");
+    check(live.max_consumers != desired.max_consumers, "maxConsumers");
     check(live.max_messages != desired.max_messages, "maxMsgs");
     check(
         live.max_messages_per_subject != desired.max_messages_per_subject,

@@ -373,3 +373,80 @@ async fn default_max_msg_size_is_exactly_a_full_packet() {
         "one byte less refuses a full packet: the server counts headers"
     );
 }
+
+/// Proves a full stream reports `ConsumerLimitReached` (a retryable conflict naming the swarm
+/// field to raise), keeps the consumers it has, and takes the next consumer once the swarm's
+/// `maxConsumers` is raised (the server changes it in place).
+#[tokio::test]
+async fn consumer_limit_is_reported_and_raisable() {
+    let server = NatsServer::start();
+    let js = context(&server).await;
+    let mut spec = swarm(None);
+    spec.stream.max_consumers = 2;
+    let stream = stream_config::desired("ns", "s", &spec);
+    js_apply::ensure_stream(&js, &stream).await.expect("stream");
+    let sub = subject("energy-anomaly");
+    let addr = consumer_config::address("qis.ns.s", &sub);
+    let site = |s: &str| consumer_config::desired("ns", "hvac", s, &addr, &sub);
+    for s in ["a", "b"] {
+        js_apply::ensure_consumer(&js, &stream.name, &site(s))
+            .await
+            .expect("within the limit");
+    }
+    let err = js_apply::ensure_consumer(&js, &stream.name, &site("c"))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(err.category(), Category::Conflict, "{err}");
+    assert_eq!(err.reason(), "ConsumerLimitReached");
+    assert!(
+        err.to_string().contains("spec.stream.maxConsumers"),
+        "{err}"
+    );
+    assert_eq!(
+        js_apply::list_consumers(&js, &stream.name)
+            .await
+            .expect("list")
+            .len(),
+        2
+    );
+
+    spec.stream.max_consumers = 3;
+    let raised = stream_config::desired("ns", "s", &spec);
+    let outcome = js_apply::ensure_stream(&js, &raised).await.expect("raised");
+    assert_eq!(outcome.reverted, ["maxConsumers"]);
+    js_apply::ensure_consumer(&js, &stream.name, &site("c"))
+        .await
+        .expect("room now");
+}
+
+/// Proves the default stream admits more consumers than nats-server 2.15's implicit per-stream
+/// limit of 1000 (which a stream without an explicit limit gets): 1,001 site consumers.
+#[tokio::test]
+async fn default_stream_admits_more_than_the_servers_implicit_limit() {
+    let server = NatsServer::start();
+    let js = context(&server).await;
+    let stream = stream_config::desired("ns", "s", &swarm(None));
+    js_apply::ensure_stream(&js, &stream).await.expect("stream");
+    let sub = subject("energy-anomaly");
+    let addr = consumer_config::address("qis.ns.s", &sub);
+    let names: Vec<String> = (0..1001).map(|i| format!("site-{i}")).collect();
+    let results = futures::future::join_all(names.iter().map(|s| {
+        let js = js.clone();
+        let c = consumer_config::desired("ns", "hvac", s, &addr, &sub);
+        let stream = stream.name.clone();
+        async move { js_apply::ensure_consumer(&js, &stream, &c).await }
+    }))
+    .await;
+    let refused: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    assert!(refused.is_empty(), "refused: {:?}", refused.first());
+    assert_eq!(
+        js_apply::list_consumers(&js, &stream.name)
+            .await
+            .expect("list")
+            .len(),
+        1001
+    );
+}
