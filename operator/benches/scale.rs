@@ -26,15 +26,22 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-fn metric(port: u16, name: &str) -> f64 {
+fn metric_lines(port: u16, name: &str) -> Vec<String> {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0.0;
+        return vec![];
     };
     let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out.lines()
         .filter(|l| l.starts_with(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    metric_lines(port, name)
+        .iter()
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -104,7 +111,7 @@ fn main() {
         ))
         .expect("client")
     };
-    let (ready_after, requests_to_ready, reconciles) = rt.block_on(async {
+    let (ready_after, requests_to_ready, nats_to_ready, reconciles) = rt.block_on(async {
         let swarms: Api<QisSwarm> = Api::namespaced(client.clone(), "scale");
         let subjects: Api<QisSubject> = Api::namespaced(client.clone(), "scale");
         let spec = QisSwarmSpec {
@@ -124,6 +131,7 @@ fn main() {
             .expect("swarm");
         let start = Instant::now();
         let before = requests();
+        let nats_before = metric(port, "qis_operator_nats_requests_total");
         for i in 0..n {
             let s = QisSubjectSpec {
                 swarm_ref: SwarmRef {
@@ -211,20 +219,34 @@ fn main() {
         (
             start.elapsed(),
             requests() - before - (n as u64),
+            metric(port, "qis_operator_nats_requests_total") - nats_before,
             metric(port, "qis_operator_reconciles_total"),
         )
     });
     let rss_ready = rss_mib(operator.0.id());
-    // Steady state: one full resync period.
-    let writes_before = metric(port, "qis_operator_api_writes_total");
-    let req_before = requests();
+    // Warm-up: the first resync after convergence still records live state that changed while
+    // converging (the stream's consumer count in the swarm status). Steady state is the one
+    // full resync period after it.
     std::thread::sleep(Duration::from_secs(resync + 5));
+    let writes_before = metric(port, "qis_operator_api_writes_total");
+    let writes_lines_before = metric_lines(port, "qis_operator_api_writes_total");
+    let req_before = requests();
+    let nats_steady_before = metric(port, "qis_operator_nats_requests_total");
+    std::thread::sleep(Duration::from_secs(resync + 5));
+    let nats_steady = metric(port, "qis_operator_nats_requests_total") - nats_steady_before;
     let writes = metric(port, "qis_operator_api_writes_total") - writes_before;
+    if writes > 0.0 {
+        eprintln!(
+            "writes at steady state: before {writes_lines_before:?}, after {:?}",
+            metric_lines(port, "qis_operator_api_writes_total")
+        );
+    }
     let steady_requests = requests() - req_before;
     let rss_steady = rss_mib(operator.0.id());
     let _ = operator.0.kill();
 
     let per_reconcile = requests_to_ready as f64 / reconciles.max(1.0);
+    let nats_per_reconcile = nats_to_ready / reconciles.max(1.0);
     let check = |ok: bool| if ok { "met" } else { "**missed**" };
     let mut t = format!(
         "{n} QisSubjects × 3 sites = {} consumers, one swarm; stand-in API + nats-server 2.15.1 on loopback.\n\n| Measure | Value | Target | |\n|---|---:|---:|---|\n",
@@ -239,7 +261,13 @@ fn main() {
         "| API requests per reconcile (while converging) | {per_reconcile:.1} | | |\n"
     ));
     t.push_str(&format!(
-        "| API requests during one steady resync period ({resync} s) | {steady_requests} | | |\n"
+        "| NATS (JetStream API) requests per reconcile (while converging) | {nats_per_reconcile:.1} | | |\n"
+    ));
+    t.push_str(&format!(
+        "| reconciles until all Ready | {reconciles:.0} | | |\n"
+    ));
+    t.push_str(&format!(
+        "| API / NATS requests during one steady resync period ({resync} s) | {steady_requests} / {nats_steady:.0} | | |\n"
     ));
     t.push_str(&format!(
         "| writes per minute at steady state | {:.0} | 0 | {} |\n",

@@ -7,6 +7,8 @@ use crate::workload::Defaults;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use qis_crds::QisSwarm;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,6 +41,8 @@ pub struct Context {
     /// What server-side apply wrote last (to skip writes that change nothing).
     pub applied: Arc<crate::apply::Memo>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
+    /// Every swarm, kept by the watch that wakes subjects (see `run`).
+    swarms: Store<QisSwarm>,
 }
 
 impl std::fmt::Debug for Context {
@@ -55,6 +59,7 @@ impl Context {
         config: Config,
         metrics: Arc<Metrics>,
         instance: Option<String>,
+        swarms: Store<QisSwarm>,
     ) -> Context {
         let reporter = Reporter {
             controller: "qis-operator".into(),
@@ -68,7 +73,15 @@ impl Context {
             metrics,
             applied: Arc::default(),
             failures: Arc::default(),
+            swarms,
         }
+    }
+
+    /// A swarm from the cache, once the cache has listed them all.
+    pub async fn swarm(&self, namespace: &str, name: &str) -> Option<Arc<QisSwarm>> {
+        // Fails only when the watch that fills the store is gone (the controller stops).
+        self.swarms.wait_until_ready().await.ok()?;
+        self.swarms.get(&ObjectRef::new(name).within(namespace))
     }
 
     /// Records an event; a failure to record is logged, never fatal.

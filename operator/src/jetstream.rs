@@ -66,11 +66,17 @@ impl ApiError {
     }
 }
 
+/// JetStream API requests this process sent (every one goes through [`api`]); exported as
+/// `qis_operator_nats_requests_total`.
+pub static REQUESTS: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
 async fn api<T: DeserializeOwned>(
     js: &Context,
     subject: String,
     payload: &serde_json::Value,
 ) -> Result<T, ApiError> {
+    REQUESTS.inc();
     match js.request::<_, _, Response<T>>(subject, payload).await {
         Ok(Response::Ok(v)) => Ok(v),
         Ok(Response::Err { error }) => Err(ApiError::Server {

@@ -62,6 +62,10 @@ struct Args {
     /// Bound on connecting to NATS and on each JetStream request.
     #[arg(long, env = "QIS_NATS_TIMEOUT", default_value = "5s")]
     nats_timeout: kube::core::Duration,
+    /// Reconciles running at once, per kind. Bounds memory and the burst on the API server and
+    /// NATS when many objects change together (a restart, a bulk apply).
+    #[arg(long, env = "QIS_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
     /// Address of /metrics, /healthz, /readyz.
     #[arg(long, env = "QIS_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -177,6 +181,7 @@ async fn main() -> ExitCode {
             renew_every: Duration::from_secs(5),
         }),
         watch_nodes: args.watch_nodes,
+        concurrency: args.concurrency,
         instance: Some(identity),
     };
     match run(client, options).await {

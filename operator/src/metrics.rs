@@ -71,6 +71,11 @@ impl Default for Metrics {
             drift_reverted.clone(),
         );
         registry.register(
+            "nats_requests",
+            "JetStream API requests sent",
+            crate::jetstream::REQUESTS.clone(),
+        );
+        registry.register(
             "leader",
             "1 when this replica holds the leader lease",
             leader.clone(),

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::core::DeserializeGuard;
-use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::runtime::{PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
@@ -47,6 +47,8 @@ pub struct Options {
     pub election: Option<LeaseLock>,
     /// Watch Nodes for site discovery (needs cluster-wide node read access).
     pub watch_nodes: bool,
+    /// Reconciles running at once, per kind (at least 1).
+    pub concurrency: u16,
     /// Reported as the events' `reportingInstance` (the pod name).
     pub instance: Option<String>,
 }
@@ -78,11 +80,13 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         None => None,
     };
     metrics.leader.set(1);
+    let (swarm_cache, swarm_cache_writer) = reflector::store::<QisSwarm>();
     let ctx = Arc::new(Context::new(
         client.clone(),
         options.config.clone(),
         metrics,
         options.instance.clone(),
+        swarm_cache,
     ));
 
     let swarm_ctl = Controller::new(
@@ -116,7 +120,9 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
             },
         );
     }
+    let bounded = controller::Config::default().concurrency(options.concurrency.max(1));
     let swarms = swarm_ctl
+        .with_config(bounded.clone())
         .shutdown_on_signal()
         .run(swarm_reconciler::reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -137,6 +143,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         watcher::Config::default(),
     )
     .default_backoff()
+    .reflect(swarm_cache_writer)
     .touched_objects()
     .predicate_filter(what_subjects_see, PredicateConfig::default());
     let subjects = subject_ctl
@@ -153,6 +160,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
                 })
                 .collect::<Vec<_>>()
         })
+        .with_config(bounded)
         .shutdown_on_signal()
         .run(subject_reconciler::reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {

@@ -69,7 +69,7 @@ pub async fn reconcile(
 
 /// The swarm of a subject, with what the subject needs of it.
 struct SwarmView {
-    swarm: QisSwarm,
+    swarm: std::sync::Arc<QisSwarm>,
     prefix: String,
     stream: String,
     sites: Vec<String>,
@@ -78,9 +78,11 @@ struct SwarmView {
 async fn swarm_view(subject: &QisSubject, ctx: &Context) -> Result<SwarmView, Error> {
     let ns = subject.namespace().unwrap_or_default();
     let swarm_name = &subject.spec.swarm_ref.name;
-    let swarm = Api::<QisSwarm>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(swarm_name)
-        .await?
+    // From the operator's cache of swarms (a watch), not a GET per reconcile: a swarm that
+    // appears or changes wakes its subjects after the cache has it.
+    let swarm = ctx
+        .swarm(&ns, swarm_name)
+        .await
         .ok_or_else(|| Error::Waiting(format!("swarm {swarm_name:?} does not exist (yet)")))?;
     let status = swarm.status.clone().unwrap_or_default();
     if conditions::is_true(&status.conditions, condition::STREAM_READY) != Some(true) {
@@ -271,7 +273,7 @@ async fn ensure_consumers(
 ) -> Result<Vec<String>, Error> {
     let ns = subject.namespace().unwrap_or_default();
     let name = subject.name_any();
-    let swarm_key = crate::object_key(&view.swarm);
+    let swarm_key = crate::object_key(view.swarm.as_ref());
     let settings = nats_settings::resolve(
         &ctx.client,
         &ns,
