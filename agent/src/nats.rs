@@ -10,9 +10,14 @@ fn read(p: &std::path::Path) -> Result<String, String> {
 
 /// Connects; keeps reconnecting for ever once connected (an edge link comes and goes). The
 /// first connection is retried in the background too, so the agent starts offline.
-pub async fn connect(c: &NatsConfig, name: &str) -> Result<async_nats::Client, String> {
+pub async fn connect(
+    c: &NatsConfig,
+    name: &str,
+    stream: &str,
+) -> Result<async_nats::Client, String> {
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
+        .custom_inbox_prefix(qis_crds::addressing::agent_inbox_prefix(stream))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))

@@ -53,7 +53,7 @@ async fn shutdown_signal() {
 pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<(), String> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
-    let client = crate::nats::connect(&config.nats, &config.agent_id).await?;
+    let client = crate::nats::connect(&config.nats, &config.agent_id, &config.stream).await?;
     let js = crate::nats::jetstream(client.clone(), &config.nats);
     let connected = Arc::new(AtomicBool::new(false));
     {

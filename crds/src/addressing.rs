@@ -164,6 +164,13 @@ pub fn stream_name(namespace: &str, swarm: &str) -> String {
     format!("qis_{namespace}_{swarm}")
 }
 
+/// Inbox prefix of a swarm's agents: `_INBOX.<stream>`. Agents take their reply subjects under
+/// it, so their NATS user may subscribe to `_INBOX.<stream>.>` only, and never reads another
+/// client's replies.
+pub fn agent_inbox_prefix(stream: &str) -> String {
+    format!("_INBOX.{stream}")
+}
+
 /// Durable consumer of one subject at one site: `<subject>_<site>`.
 ///
 /// Subject names are DNS labels (no `_`), so the first `_` separates the two parts.

@@ -15,6 +15,7 @@ pub mod http;
 pub mod jetstream;
 pub mod metrics;
 pub mod nats_connections;
+pub mod nats_permissions;
 pub mod nats_settings;
 pub mod rbac;
 pub mod run;

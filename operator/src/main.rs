@@ -17,6 +17,8 @@ use std::time::Duration;
     about = "Kubernetes operator for QIS swarms on NATS JetStream"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Default NATS server(s) for swarms that name none.
     #[arg(
         long,
@@ -91,6 +93,48 @@ struct Args {
     log_format: String,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Print the NATS permissions a swarm's agents need (for a nats-server config or nsc),
+    /// then exit. Without a subcommand the operator runs.
+    NatsPermissions {
+        /// Namespace of the swarm.
+        #[arg(long)]
+        namespace: String,
+        /// Name of the swarm.
+        #[arg(long)]
+        swarm: String,
+        /// The swarm's `spec.subjectPrefix`, when it sets one.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// `conf` (a nats-server `permissions` block) or `nsc` (an `nsc edit user` line).
+        #[arg(long, value_parser = ["conf", "nsc"], default_value = "conf")]
+        format: String,
+        /// User name for `--format nsc`.
+        #[arg(long, default_value = "qis-agents")]
+        user: String,
+    },
+}
+
+/// Prints a swarm's agent permissions.
+fn print_permissions(namespace: &str, swarm: &str, prefix: Option<&str>, format: &str, user: &str) {
+    let prefix = prefix
+        .map(str::to_owned)
+        .unwrap_or_else(|| qis_crds::addressing::default_prefix(namespace, swarm));
+    let p = qis_operator::nats_permissions::agent(
+        &prefix,
+        &qis_crds::addressing::stream_name(namespace, swarm),
+    );
+    print!(
+        "{}",
+        if format == "nsc" {
+            p.nsc_args(user)
+        } else {
+            p.nats_conf()
+        }
+    );
+}
+
 fn read(path: &Option<PathBuf>) -> Result<Option<String>, String> {
     path.as_ref()
         .map(|p| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())))
@@ -132,6 +176,17 @@ fn default_nats(a: &Args) -> Result<Settings, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::NatsPermissions {
+        namespace,
+        swarm,
+        prefix,
+        format,
+        user,
+    }) = &args.command
+    {
+        print_permissions(namespace, swarm, prefix.as_deref(), format, user);
+        return ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
     if args.log_format == "json" {

@@ -195,6 +195,11 @@ impl NatsServer {
         self.port
     }
 
+    /// What the server logged so far (every start and restart, in order).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.store.path().join("nats-server.log")).unwrap_or_default()
+    }
+
     /// Kills the server at once (SIGKILL), keeping its store.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
