@@ -8,8 +8,10 @@ mkdir -p "$tools/bin"
 
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
-  # The agent ships as a static musl binary.
-  rustup target add x86_64-unknown-linux-musl >/dev/null 2>&1 || echo "warning: could not add the musl target" >&2
+  # The agent ships as a static musl binary, for amd64 and arm64.
+  for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    rustup target add "$target" >/dev/null 2>&1 || echo "warning: could not add the $target target" >&2
+  done
 fi
 
 # The linter of the project's shell scripts (Debian package shellcheck; needs root, as CI is).
@@ -19,6 +21,11 @@ command -v shellcheck >/dev/null 2>&1 || missing="$missing shellcheck"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v musl-gcc >/dev/null 2>&1 || missing="$missing musl-tools"
 command -v file >/dev/null 2>&1 || missing="$missing file"
+# The arm64 agent: clang and llvm-ar build ring's C and assembly for aarch64 (as in the
+# Dockerfile), qemu runs the result.
+command -v clang >/dev/null 2>&1 || missing="$missing clang"
+command -v llvm-ar >/dev/null 2>&1 || missing="$missing llvm"
+command -v qemu-aarch64-static >/dev/null 2>&1 || missing="$missing qemu-user-static"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
   # shellcheck disable=SC2086
   (apt-get update -qq && apt-get install -y -qq $missing) >/dev/null 2>&1 || echo "warning: could not install$missing" >&2

@@ -26,14 +26,26 @@ echo "== CRDs against Kubernetes 1.33 and 1.37 schemas (kubernetes-validate --st
 for version in 1.33.0 1.37.0; do
   kubernetes-validate --strict --quiet -k "$version" crds/*.yaml
 done
-echo "== static musl agent: builds, stays within 12 MiB, runs"
+# static_agent TARGET: checks the built agent is static and within 12 MiB; prints its path.
+static_agent() {
+  local bin="target/$1/release/qis-agent" size
+  file "$bin" | grep -q "static" || { echo "the $1 agent is not statically linked" >&2; return 1; }
+  size=$(stat -c %s "$bin")
+  echo "static $1 agent: $size bytes" >&2
+  [ "$size" -le $((12 * 1024 * 1024)) ] || { echo "the $1 agent is over 12 MiB" >&2; return 1; }
+  echo "$bin"
+}
+echo "== static musl agent (amd64): builds, stays within 12 MiB, smoke run"
 CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked -q -p qis-agent --target x86_64-unknown-linux-musl
-agent_bin=target/x86_64-unknown-linux-musl/release/qis-agent
-file "$agent_bin" | grep -q "static" || { echo "the agent is not statically linked" >&2; exit 1; }
-size=$(stat -c %s "$agent_bin")
-echo "static agent: $size bytes"
-[ "$size" -le $((12 * 1024 * 1024)) ] || { echo "the static agent is over 12 MiB" >&2; exit 1; }
-"$agent_bin" synthesize --method seed agent/testdata/seed-demo.jsonl | grep -q "consensus_strength:  1.000"
+amd_bin="$(static_agent x86_64-unknown-linux-musl)"
+bash scripts/smoke-agent.sh "$amd_bin"
+echo "== static musl agent (arm64): cross-built as the Dockerfile does, smoke run under qemu"
+CC_aarch64_unknown_linux_musl=clang AR_aarch64_unknown_linux_musl=llvm-ar \
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+  cargo build --release --locked -q -p qis-agent --target aarch64-unknown-linux-musl
+arm_bin="$(static_agent aarch64-unknown-linux-musl)"
+file "$arm_bin" | grep -q "ARM aarch64" || { echo "the arm64 agent is not an aarch64 binary" >&2; exit 1; }
+bash scripts/smoke-agent.sh "$arm_bin" qemu-aarch64-static
 echo "== the local full loop (README main command, in check mode)"
 bash scripts/demo.sh --check
 echo "== all tests passed"

@@ -256,15 +256,29 @@ fn synthesize(files: &[String], settings: Settings, now: Option<f64>) -> ExitCod
         println!("no packets in the window ({refused} refused)");
         return ExitCode::from(1);
     };
-    println!("consensus_problem:   {}", s.problem);
-    println!("consensus_strength:  {:.3}", s.strength);
-    println!("weighted_confidence: {:.3}", s.weighted_confidence);
-    println!("n_agents:            {}", s.agents);
-    println!("packets:             {} ({refused} refused)", s.packets);
-    println!("synthesis_pairs:     {}", s.synthesis_pairs);
-    println!("dispersion (IQR):    {:.3}", s.dispersion);
-    println!("effective_n:         {:.2}", s.effective_n);
-    println!("alert:               {}", s.alert);
-    println!("recommendation:      {}", s.recommendation);
-    ExitCode::SUCCESS
+    let report = format!(
+        "consensus_problem:   {}\nconsensus_strength:  {:.3}\nweighted_confidence: {:.3}\n\
+         n_agents:            {}\npackets:             {} ({refused} refused)\n\
+         synthesis_pairs:     {}\ndispersion (IQR):    {:.3}\neffective_n:         {:.2}\n\
+         alert:               {}\nrecommendation:      {}\n",
+        s.problem,
+        s.strength,
+        s.weighted_confidence,
+        s.agents,
+        s.packets,
+        s.synthesis_pairs,
+        s.dispersion,
+        s.effective_n,
+        s.alert,
+        s.recommendation
+    );
+    // A reader that stops early (`| head`, `| grep -q`) is not an error: no panic on EPIPE.
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(report.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: stdout: {e}");
+            ExitCode::from(1)
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
