@@ -139,6 +139,7 @@ fn view_json(name: &str, v: &crate::twins::View) -> serde_json::Value {
         "address": v.address,
         "consumer": v.consumer,
         "bound": v.bound,
+        "standby": v.standby,
         "consensus": v.snapshot.as_ref().map(|s| json!({
             "problem": s.problem, "strength": s.strength, "weightedConfidence": s.weighted_confidence,
             "agents": s.agents, "packets": s.packets, "synthesisPairs": s.synthesis_pairs,

@@ -1,9 +1,16 @@
 //! Twins: one worker per subject. It rebuilds the synthesis state from the stream (the window
 //! of packets already stored, so a restarted or newly joined agent covers the same window as
 //! before), then consumes the site's durable consumer in batches as the pinned client of its
-//! site (standby replicas wait), takes each packet into the synthesis state before acking it,
-//! keeps the local view current, and publishes a synthesis packet when the consensus changes
-//! materially (rate-limited, never a vote).
+//! site, takes each packet into the synthesis state before acking it, keeps the local view
+//! current, and publishes a synthesis packet when the consensus changes materially
+//! (rate-limited, never a vote).
+//!
+//! Replicas of one site share the site's consumer: one is pinned (active), the others wait on
+//! it to take over. A replica that sees another pinned (consumer info) is on standby: it follows
+//! the subject with an ephemeral ordered consumer from the last packet it saw, so its local
+//! view stays current, and publishes no synthesis packets (the active replica does). When it
+//! is pinned (a durable message arrives) it drops the follower; packets seen by both are one
+//! packet to the synthesis state.
 
 use crate::config::Config;
 use crate::deposit::Depositor;
@@ -28,6 +35,10 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 const SNAPSHOT_EVERY: Duration = Duration::from_millis(250);
 /// How long the rebuild waits for a first message of a subject with no history.
 const REBUILD_IDLE: Duration = Duration::from_millis(300);
+/// Snapshot ticks between two looks at the consumer (lag, who is pinned): 2 s.
+const CONSUMER_INFO_TICKS: u32 = 8;
+/// The header a pinned client's messages carry.
+const PIN_ID_HEADER: &str = "Nats-Pin-Id";
 
 /// What the agent knows about one subject, for the HTTP view and the reporter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -35,6 +46,8 @@ pub struct View {
     pub address: String,
     pub consumer: String,
     pub bound: bool,
+    /// Another replica of the site is pinned: this one follows the stream for its view.
+    pub standby: bool,
     pub snapshot: Option<Snapshot>,
     /// Seconds since the epoch of the snapshot.
     pub at: f64,
@@ -124,28 +137,37 @@ fn take(
     Ok(outcome)
 }
 
-/// Reads the window already in the stream into `synth` (state rebuilt after a restart).
-async fn rebuild(
+/// Where reading a subject starts: after the last packet seen (stream sequence), else at the
+/// start of the synthesis window.
+fn start_after(last_seq: u64, synth: &Synthesizer) -> Result<DeliverPolicy, String> {
+    if last_seq > 0 {
+        return Ok(DeliverPolicy::ByStartSequence {
+            start_sequence: last_seq + 1,
+        });
+    }
+    let window = synth.settings().window;
+    if !window.is_finite() {
+        return Ok(DeliverPolicy::All);
+    }
+    let start = (now() - window).max(0.0);
+    let start_time = time::OffsetDateTime::from_unix_timestamp_nanos((start * 1e9) as i128)
+        .map_err(|e| e.to_string())?;
+    Ok(DeliverPolicy::ByStartTime { start_time })
+}
+
+/// An ephemeral ordered consumer on the subject from `deliver_policy`, and whether the stream
+/// held anything for it when it was made.
+async fn ordered(
     shared: &Shared,
     spec: &SubjectSpec,
-    synth: &mut Synthesizer,
-    max_hops: u8,
-) -> Result<usize, String> {
+    deliver_policy: DeliverPolicy,
+) -> Result<(pull::Ordered, bool), String> {
     let stream = shared
         .js
         .get_stream(&shared.config.stream)
         .await
         .map_err(|e| e.to_string())?;
-    let window = synth.settings().window;
-    let deliver_policy = if window.is_finite() {
-        let start = (now() - window).max(0.0);
-        let start = time::OffsetDateTime::from_unix_timestamp_nanos((start * 1e9) as i128)
-            .map_err(|e| e.to_string())?;
-        DeliverPolicy::ByStartTime { start_time: start }
-    } else {
-        DeliverPolicy::All
-    };
-    let ordered = stream
+    let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: spec.address.clone(),
             deliver_policy,
@@ -153,12 +175,25 @@ async fn rebuild(
         })
         .await
         .map_err(|e| e.to_string())?;
-    if ordered.cached_info().num_pending == 0 {
+    let pending = consumer.cached_info().num_pending > 0;
+    let messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    Ok((messages, pending))
+}
+
+/// Reads the window already in the stream into `synth` (state rebuilt after a restart):
+/// how many packets, and the stream sequence of the last.
+async fn rebuild(
+    shared: &Shared,
+    spec: &SubjectSpec,
+    synth: &mut Synthesizer,
+    max_hops: u8,
+) -> Result<(usize, u64), String> {
+    let (mut messages, pending) = ordered(shared, spec, start_after(0, synth)?).await?;
+    if !pending {
         // Nothing stored for this subject in the window: no need to wait for a first message.
-        return Ok(0);
+        return Ok((0, 0));
     }
-    let mut messages = ordered.messages().await.map_err(|e| e.to_string())?;
-    let mut n = 0;
+    let (mut n, mut last_seq) = (0, 0);
     loop {
         let next = match tokio::time::timeout(REBUILD_IDLE, messages.next()).await {
             Ok(Some(Ok(m))) => m,
@@ -167,11 +202,21 @@ async fn rebuild(
         };
         let _ = take(synth, &next, max_hops, &shared.metrics);
         n += 1;
-        if next.info().map(|i| i.pending == 0).unwrap_or(true) {
+        let info = next.info().ok();
+        last_seq = info.as_ref().map_or(last_seq, |i| i.stream_sequence);
+        if info.is_none_or(|i| i.pending == 0) {
             break;
         }
     }
-    Ok(n)
+    Ok((n, last_seq))
+}
+
+/// The next item of an optional stream; never, when there is none.
+async fn next_of<S: futures::Stream + Unpin>(s: &mut Option<S>) -> Option<S::Item> {
+    match s {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A material change of the consensus: another problem, an alert flip, or strength or
@@ -270,7 +315,7 @@ pub async fn run(
         }
         // Bind: rebuild the window, then the durable consumer as the site's pinned client.
         let bound = async {
-            let rebuilt = rebuild(&shared, &spec, &mut synth, max_hops).await?;
+            let (rebuilt, last_seq) = rebuild(&shared, &spec, &mut synth, max_hops).await?;
             let stream = shared
                 .js
                 .get_stream(&shared.config.stream)
@@ -299,10 +344,10 @@ pub async fn run(
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(subject = %spec.name, consumer = %consumer_name, rebuilt, "bound");
-            Ok::<_, String>((consumer, messages))
+            Ok::<_, String>((consumer, messages, last_seq))
         }
         .await;
-        let (mut consumer, mut messages) = match bound {
+        let (mut consumer, mut messages, mut last_seq) = match bound {
             Ok(b) => {
                 retry = Duration::from_millis(50);
                 b
@@ -318,13 +363,37 @@ pub async fn run(
                 }
             }
         };
-        set_view(&shared, &spec.name, |v| v.bound = true);
+        set_view(&shared, &spec.name, |v| {
+            v.bound = true;
+            v.standby = false;
+        });
         let mut tick = tokio::time::interval(SNAPSHOT_EVERY);
         let mut last_published: Option<(Instant, Snapshot)> = None;
-        let mut lag_every = 0u32;
+        let mut info_every = 0u32;
+        // The pin this replica was given (from its messages), and the standby follower.
+        let mut my_pin: Option<String> = None;
+        let mut follower: Option<pull::Ordered> = None;
         loop {
             tokio::select! {
                 _ = stop.changed() => break 'outer,
+                next = next_of(&mut follower) => {
+                    match next {
+                        Some(Ok(m)) => {
+                            shared.metrics.twins_in.inc();
+                            last_seq = m.info().map_or(last_seq, |i| i.stream_sequence.max(last_seq));
+                            match take(&mut synth, &m, max_hops, &shared.metrics) {
+                                Ok(Ingest::Duplicate) => {
+                                    shared.metrics.twins_duplicate.inc();
+                                }
+                                Ok(_) => {}
+                                Err(rule) => shared.metrics.refused(rule),
+                            }
+                        }
+                        Some(Err(e)) => tracing::debug!(subject = %spec.name, error = %e, "standby follower"),
+                        // Made again at the next look at the consumer, if still on standby.
+                        None => follower = None,
+                    }
+                }
                 next = messages.next() => {
                     let msg = match next {
                         Some(Ok(m)) => m,
@@ -335,6 +404,14 @@ pub async fn run(
                         None => break,
                     };
                     shared.metrics.twins_in.inc();
+                    if let Some(pin) = msg.headers.as_ref().and_then(|h| h.get(PIN_ID_HEADER)) {
+                        my_pin = Some(pin.as_str().to_owned());
+                    }
+                    if follower.take().is_some() {
+                        tracing::info!(subject = %spec.name, "pinned: active for the site");
+                        set_view(&shared, &spec.name, |v| v.standby = false);
+                    }
+                    last_seq = msg.info().map_or(last_seq, |i| i.stream_sequence.max(last_seq));
                     match take(&mut synth, &msg, max_hops, &shared.metrics) {
                         Ok(Ingest::Duplicate) => {
                             shared.metrics.twins_duplicate.inc();
@@ -354,7 +431,8 @@ pub async fn run(
                     let at = now();
                     let snap = synth.snapshot(at);
                     set_view(&shared, &spec.name, |v| { v.snapshot = snap.clone(); v.at = at; });
-                    if let Some(s) = snap {
+                    let standby = follower.is_some();
+                    if let Some(s) = snap.filter(|_| !standby) {
                         let due = last_published.as_ref().is_none_or(|(t, _)| t.elapsed() >= publish_every);
                         if due && material_change(last_published.as_ref().map(|(_, s)| s), &s)
                             && let Some((subject, body, meta)) = synthesis_packet(&shared.config, &spec.address, &s)
@@ -365,9 +443,28 @@ pub async fn run(
                             last_published = Some((Instant::now(), s));
                         }
                     }
-                    lag_every += 1;
-                    if lag_every.is_multiple_of(20) && let Ok(info) = consumer.info().await {
+                    info_every += 1;
+                    if info_every.is_multiple_of(CONSUMER_INFO_TICKS) && let Ok(info) = consumer.info().await {
                         lag.set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                        let pinned = info
+                            .priority_groups
+                            .iter()
+                            .find(|g| g.group == PRIORITY_GROUP)
+                            .and_then(|g| g.pinned_client_id.clone());
+                        let other_pinned = pinned.is_some() && pinned != my_pin;
+                        if other_pinned && follower.is_none() {
+                            match start_after(last_seq, &synth) {
+                                Ok(from) => match ordered(&shared, &spec, from).await {
+                                    Ok((f, _)) => {
+                                        tracing::info!(subject = %spec.name, after = last_seq, "another replica is pinned: standby, following the stream");
+                                        follower = Some(f);
+                                        set_view(&shared, &spec.name, |v| v.standby = true);
+                                    }
+                                    Err(e) => tracing::debug!(subject = %spec.name, error = %e, "standby follower"),
+                                },
+                                Err(e) => tracing::debug!(subject = %spec.name, error = %e, "standby follower"),
+                            }
+                        }
                     }
                 }
             }

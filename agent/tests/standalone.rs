@@ -21,6 +21,11 @@ struct Agent {
 
 impl Agent {
     async fn start(nats: &str, site: &str, data: &Path) -> Agent {
+        Agent::start_as(nats, site, &format!("agent-{site}"), data).await
+    }
+
+    /// A replica: `agent_id` names it, `site` is shared with its peers.
+    async fn start_as(nats: &str, site: &str, agent_id: &str, data: &Path) -> Agent {
         if std::env::var_os("QIS_TEST_LOGS").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("debug,hyper=info,kube=info")
@@ -28,7 +33,7 @@ impl Agent {
         }
         let port = qis_testkit::free_port();
         let file = FileConfig {
-            agent_id: format!("agent-{site}"),
+            agent_id: agent_id.into(),
             site: site.into(),
             nats: NatsConfig {
                 url: nats.into(),
@@ -66,11 +71,16 @@ impl Agent {
         let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
     }
 
-    async fn consensus(&self) -> Option<Value> {
+    async fn view(&self) -> Option<Value> {
         let (code, body) = http(self.port, "GET", "/v1/consensus/wear", "", &[]).await;
         (code == 200)
             .then(|| serde_json::from_str::<Value>(&body).ok())
-            .flatten()?
+            .flatten()
+    }
+
+    async fn consensus(&self) -> Option<Value> {
+        self.view()
+            .await?
             .get("consensus")
             .cloned()
             .filter(|c| !c.is_null())
@@ -660,4 +670,68 @@ async fn outbox_survives_sigkill() {
     assert_eq!(outcomes(&js).await, (40, 40), "every packet once");
     let _ = second.kill();
     let _ = second.wait();
+}
+
+/// Proves replicas of one site do not split the site's consumer, and that the standby's local
+/// view stays current: two replicas of site `a`, one pinned; outcomes posted to either reach
+/// both views (the standby follows the stream), and only the active replica publishes
+/// synthesis packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standby_replica_keeps_its_view_current() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let r1 = Agent::start_as(&server.url(), "a", "a-1", &dir.path().join("a-1")).await;
+    let r2 = Agent::start_as(&server.url(), "a", "a-2", &dir.path().join("a-2")).await;
+    let t = now();
+    for (i, target) in [&r1, &r2, &r1].iter().enumerate() {
+        assert_eq!(
+            post(target, &outcome(&format!("pump-{i}"), 0.8, t)).await,
+            202
+        );
+    }
+    for r in [&r1, &r2] {
+        eventually("3 agents in both replicas' views", || async {
+            (agents_seen(r).await? == 3).then_some(())
+        })
+        .await;
+    }
+    let standby: Vec<bool> = futures::future::join_all([&r1, &r2].map(|r| r.view()))
+        .await
+        .into_iter()
+        .map(|v| v.and_then(|v| v["standby"].as_bool()).unwrap_or(false))
+        .collect();
+    // Once a packet was delivered, one replica holds the pin; the other must have noticed
+    // (consumer info every 2 s) to have caught up at all.
+    assert_eq!(
+        standby.iter().filter(|s| **s).count(),
+        1,
+        "exactly one standby: {standby:?}"
+    );
+    // A packet after the standby started following still reaches it.
+    assert_eq!(post(&r2, &outcome("pump-9", 0.8, now())).await, 202);
+    for r in [&r1, &r2] {
+        eventually("4 agents in both replicas' views", || async {
+            (agents_seen(r).await? == 4).then_some(())
+        })
+        .await;
+    }
+    let (active, passive) = if standby[0] { (&r2, &r1) } else { (&r1, &r2) };
+    assert_eq!(passive.metric("qis_agent_synthesis_out_total").await, 0.0);
+    assert!(active.metric("qis_agent_synthesis_out_total").await >= 1.0);
+
+    // The active replica goes away: the standby takes the pin (within the pin TTL, 30 s) and
+    // becomes active, and what arrives from then on is delivered to it by the site consumer.
+    let (active, passive) = if standby[0] { (r2, r1) } else { (r1, r2) };
+    active.stop().await;
+    assert_eq!(post(&passive, &outcome("pump-10", 0.8, now())).await, 202);
+    qis_testkit::eventually(
+        "the standby takes over",
+        Duration::from_secs(60),
+        || async {
+            let v = passive.view().await?;
+            (v["standby"] == false && v["consensus"]["agents"] == 5).then_some(())
+        },
+    )
+    .await;
+    passive.stop().await;
 }
