@@ -161,8 +161,7 @@ async fn agent_deposit(js: &jetstream::Context, packets: &[(Vec<u8>, PacketMeta)
 }
 
 /// POSTs over `conns` keep-alive connections to the agent's intake.
-async fn agent_intake(port: u16, packets: &[(Vec<u8>, PacketMeta)], conns: usize) -> f64 {
-    let start = Instant::now();
+async fn agent_intake(port: u16, packets: &[(Vec<u8>, PacketMeta)], conns: usize) {
     let per = packets.len().div_ceil(conns);
     let mut tasks = Vec::new();
     for chunk in packets.chunks(per) {
@@ -183,7 +182,80 @@ async fn agent_intake(port: u16, packets: &[(Vec<u8>, PacketMeta)], conns: usize
     for t in tasks {
         t.await.expect("task");
     }
-    packets.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+/// POSTs JSON-lines batches of `batch` packets over `conns` keep-alive connections to the
+/// agent's batch intake.
+async fn agent_intake_batch(
+    port: u16,
+    packets: &[(Vec<u8>, PacketMeta)],
+    conns: usize,
+    batch: usize,
+) {
+    let per = packets.len().div_ceil(conns);
+    let mut tasks = Vec::new();
+    for chunk in packets.chunks(per) {
+        let bodies: Vec<Vec<u8>> = chunk
+            .chunks(batch)
+            .map(|b| {
+                b.iter()
+                    .flat_map(|(p, _)| p.iter().copied().chain([b'\n']))
+                    .collect()
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            s.set_nodelay(true).expect("nodelay");
+            for b in bodies {
+                let head = format!("POST /v1/outcomes/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n", b.len());
+                s.write_all(head.as_bytes()).await.expect("write");
+                s.write_all(&b).await.expect("write");
+                read_response(&mut s).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+}
+
+/// Reads one whole HTTP/1.1 response (head, then Content-Length bytes); asserts 202.
+async fn read_response(s: &mut tokio::net::TcpStream) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        assert!(
+            head.starts_with("http/1.1 202"),
+            "{}",
+            String::from_utf8_lossy(&buf)
+        );
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return;
+        }
+    }
+}
+
+/// Waits until the stream holds `count` messages (what the intake accepted is deposited).
+async fn wait_stored(js: &jetstream::Context, name: &str, count: u64) {
+    loop {
+        let mut stream = js.get_stream(name).await.expect("stream");
+        if stream.info().await.expect("info").state.messages >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn seed_baseline(url: &str, n: usize) -> Option<(f64, f64)> {
@@ -213,7 +285,7 @@ fn main() {
     let server = NatsServer::start();
     let packets: Vec<_> = (0..n).map(packet).collect();
     let body_len = packets[0].0.len();
-    let (raw_pub, raw_con, dep, twin, intake) = rt.block_on(async {
+    let (raw_pub, raw_con, dep, twin, (intake, batch)) = rt.block_on(async {
         let js = jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
         fresh_stream(&js, "BENCH").await;
         let raw_pub = raw_publish(&js, &packets).await;
@@ -250,9 +322,19 @@ fn main() {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let third: Vec<_> = (2 * n..3 * n).map(packet).collect();
-        let intake = agent_intake(port, &third[..n.min(50_000)], 8).await;
-        (raw_pub, raw_con, dep, twin, intake)
+        // Intake rates run until the stream holds every accepted packet.
+        let m = n.min(50_000);
+        let third: Vec<_> = (2 * n..2 * n + m).map(packet).collect();
+        let start = Instant::now();
+        agent_intake(port, &third, 8).await;
+        wait_stored(&js, "BENCH", m as u64).await;
+        let intake = m as f64 / start.elapsed().as_secs_f64();
+        let fourth: Vec<_> = (3 * n..3 * n + m).map(packet).collect();
+        let start = Instant::now();
+        agent_intake_batch(port, &fourth, 2, 256).await;
+        wait_stored(&js, "BENCH", 2 * m as u64).await;
+        let batch = m as f64 / start.elapsed().as_secs_f64();
+        (raw_pub, raw_con, dep, twin, (intake, batch))
     });
     let seed_n = n.min(20_000);
     let seed = seed_baseline(&server.url(), seed_n);
@@ -273,7 +355,8 @@ fn main() {
         ratio(dep, raw_pub),
         x(dep, seed_pub)
     ));
-    table.push_str(&format!("| agent intake: HTTP POST /v1/outcomes, 8 keep-alive clients, strict decode | {intake:.0} | {} | {} |\n", ratio(intake, raw_pub), x(intake, seed_pub)));
+    table.push_str(&format!("| agent intake → stream: HTTP POST /v1/outcomes, one packet per request, 8 keep-alive clients | {intake:.0} | {} | {} |\n", ratio(intake, raw_pub), x(intake, seed_pub)));
+    table.push_str(&format!("| agent intake → stream: HTTP POST /v1/outcomes/batch, 256 per request, 2 clients | {batch:.0} | {} | {} |\n", ratio(batch, raw_pub), x(batch, seed_pub)));
     table.push_str(&format!(
         "| seed pattern: one awaited js.publish per packet (nats-py) | {} | {} | 1.0× |\n",
         seed_pub.map(|v| format!("{v:.0}")).unwrap_or("n/a".into()),

@@ -66,42 +66,37 @@ pub fn address_for(prefix: &str, subjects: &[SubjectSpec], p: &OutcomePacket) ->
         .unwrap_or_else(|| addressing::readable_address(prefix, &p.domain, Some(&p.problem_class)))
 }
 
-async fn post_outcome(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
-    if !api.accepting.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"error": "shutting down"})),
-        )
-            .into_response();
-    }
-    let packet = match OutcomePacket::decode(&body) {
-        Ok(p) => p,
-        Err(e) => return refuse(&api, code_of(&e), e.rule(), e.to_string()),
-    };
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let given = match PacketMeta::from_headers(get, &body) {
-        Ok(m) => m,
-        Err(e) => {
-            return refuse(
-                &api,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                e.rule(),
-                e.to_string(),
-            );
-        }
-    };
+/// A packet that passed every rule: where it goes and what is sent.
+struct Checked {
+    subject: String,
+    canonical: Vec<u8>,
+    meta: PacketMeta,
+}
+
+/// A refusal: status, rule, message.
+type Refusal = (StatusCode, &'static str, String);
+
+/// Every rule of the firewall on one body (with the request's headers): the seed's object,
+/// the hop limit, then re-encoded in the seed's form (what leaves the device is exactly the
+/// checked packet).
+fn check<'a>(
+    api: &Api,
+    body: &[u8],
+    get: impl Fn(&str) -> Option<&'a str>,
+) -> Result<Checked, Refusal> {
+    let packet = OutcomePacket::decode(body).map_err(|e| (code_of(&e), e.rule(), e.to_string()))?;
+    let given = PacketMeta::from_headers(get, body)
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.rule(), e.to_string()))?;
     if given.kind == PacketKind::Synthesis && given.hops > api.max_hops {
         let msg = format!(
             "a synthesis packet with {} hops is over the limit of {}",
             given.hops, api.max_hops
         );
-        return refuse(&api, StatusCode::UNPROCESSABLE_ENTITY, "hop_limit", msg);
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, "hop_limit", msg));
     }
-    // Re-encode: what leaves the device is exactly the checked packet in the seed's form.
-    let canonical = match packet.encode() {
-        Ok(b) => b,
-        Err(e) => return refuse(&api, code_of(&e), e.rule(), e.to_string()),
-    };
+    let canonical = packet
+        .encode()
+        .map_err(|e| (code_of(&e), e.rule(), e.to_string()))?;
     let meta = PacketMeta {
         id: crate::packet::packet_id(&canonical),
         ..given
@@ -113,10 +108,34 @@ async fn post_outcome(State(api): State<Api>, headers: HeaderMap, body: Bytes) -
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         address_for(&api.prefix, &subjects, &packet)
     };
-    let id = meta.id.clone();
+    Ok(Checked {
+        subject,
+        canonical,
+        meta,
+    })
+}
+
+fn shutting_down() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"error": "shutting down"})),
+    )
+        .into_response()
+}
+
+async fn post_outcome(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
+    if !api.accepting.load(Ordering::Relaxed) {
+        return shutting_down();
+    }
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let c = match check(&api, &body, get) {
+        Ok(c) => c,
+        Err((code, rule, msg)) => return refuse(&api, code, rule, msg),
+    };
+    let id = c.meta.id.clone();
     if let Err(e) = api
         .depositor
-        .send(Entry::new(subject.clone(), &canonical, &meta))
+        .send(Entry::new(c.subject.clone(), &c.canonical, &c.meta))
         .await
     {
         return (
@@ -128,7 +147,90 @@ async fn post_outcome(State(api): State<Api>, headers: HeaderMap, body: Bytes) -
     api.metrics.packets_in.inc();
     (
         StatusCode::ACCEPTED,
-        axum::Json(json!({ "id": id, "subject": subject })),
+        axum::Json(json!({ "id": id, "subject": c.subject })),
+    )
+        .into_response()
+}
+
+/// Most packets in one batch.
+pub const MAX_BATCH_PACKETS: usize = 1000;
+/// Largest batch body.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// `POST /v1/outcomes/batch`: outcome packets as JSON lines (blank lines skipped), all or
+/// nothing. Every line is checked first; if any breaks a rule, nothing is deposited and the
+/// answer names the refused lines (the first's status and rule). Otherwise all are deposited
+/// in order: 202 with their ids.
+async fn post_batch(State(api): State<Api>, body: Bytes) -> Response {
+    if !api.accepting.load(Ordering::Relaxed) {
+        return shutting_down();
+    }
+    if body.len() > MAX_BATCH_BYTES {
+        let msg = format!("a batch of {} bytes is over {MAX_BATCH_BYTES}", body.len());
+        return refuse(&api, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", msg);
+    }
+    let lines: Vec<(usize, &[u8])> = body
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim_ascii()))
+        .filter(|(_, l)| !l.is_empty())
+        .collect();
+    if lines.len() > MAX_BATCH_PACKETS {
+        let msg = format!(
+            "a batch of {} packets is over {MAX_BATCH_PACKETS}",
+            lines.len()
+        );
+        return refuse(&api, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", msg);
+    }
+    let mut checked = Vec::with_capacity(lines.len());
+    let mut refused = Vec::new();
+    for (n, line) in &lines {
+        // Lines carry outcome packets: no per-line headers, so none from the request either.
+        match check(&api, line, |_| None) {
+            Ok(c) => checked.push(c),
+            Err((code, rule, msg)) => {
+                api.metrics.refused(rule);
+                refused.push((n, code, rule, msg));
+            }
+        }
+    }
+    if let Some((_, code, rule, _)) = refused.first() {
+        let detail: Vec<_> = refused
+            .iter()
+            .take(10)
+            .map(|(n, _, rule, msg)| json!({"line": n, "rule": rule, "error": msg}))
+            .collect();
+        let error = format!(
+            "{} of {} lines refused; nothing was deposited",
+            refused.len(),
+            lines.len()
+        );
+        return (
+            *code,
+            axum::Json(json!({"error": error, "rule": rule, "refused": detail})),
+        )
+            .into_response();
+    }
+    let mut ids = Vec::with_capacity(checked.len());
+    for c in checked {
+        if let Err(e) = api
+            .depositor
+            .send(Entry::new(c.subject, &c.canonical, &c.meta))
+            .await
+        {
+            // Only a shutdown gets here; what was queued before is delivered.
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": e, "accepted": ids.len(), "ids": ids})),
+            )
+                .into_response();
+        }
+        api.metrics.packets_in.inc();
+        ids.push(c.meta.id);
+    }
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"accepted": ids.len(), "ids": ids})),
     )
         .into_response()
 }
@@ -204,6 +306,10 @@ async fn ready(State(api): State<Api>) -> Response {
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/outcomes", post(post_outcome))
+        .route(
+            "/v1/outcomes/batch",
+            post(post_batch).layer(axum::extract::DefaultBodyLimit::max(2 * MAX_BATCH_BYTES)),
+        )
         .route("/v1/consensus", get(all_consensus))
         .route("/v1/consensus/{name}", get(one_consensus))
         .route("/healthz", get(|| async { "ok" }))

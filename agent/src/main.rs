@@ -148,13 +148,13 @@ fn run_agent(config: Option<std::path::PathBuf>, log_format: &str) -> ExitCode {
     }
 }
 
-/// POSTs one body to `addr` and returns (status, response body).
-fn post(addr: &str, body: &str) -> std::io::Result<(u16, String)> {
+/// POSTs one body to `path` of the agent at `addr` and returns (status, response body).
+fn post(addr: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr.trim_start_matches("http://"))?;
     write!(
         s,
-        "POST /v1/outcomes HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut out = String::new();
@@ -204,22 +204,52 @@ fn for_each_line(
     Ok(())
 }
 
+/// Lines sent in one batch by `qis-agent publish`.
+const PUBLISH_BATCH: usize = 256;
+
+/// Sends the lines in batches (`POST /v1/outcomes/batch`, all or nothing); a refused batch is
+/// sent again line by line, so only the bad lines are refused, each named.
 fn publish(files: &[String], agent: &str) -> ExitCode {
     let (mut sent, mut refused) = (0usize, 0usize);
-    let done = for_each_line(files, |source, n, line| {
-        match post(agent, line) {
-            Ok((202, _)) => sent += 1,
-            Ok((code, body)) => {
-                refused += 1;
-                eprintln!("refused {source}:{n}: {code} {body}");
+    let mut pending: Vec<(String, usize, String)> = Vec::new();
+    let mut flush = |pending: &mut Vec<(String, usize, String)>| -> Result<(), ExitCode> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let body: String = pending.iter().map(|(_, _, l)| format!("{l}\n")).collect();
+        let unreachable = |e: std::io::Error| {
+            eprintln!("error: agent at {agent}: {e}");
+            ExitCode::from(1)
+        };
+        match post(agent, "/v1/outcomes/batch", &body).map_err(unreachable)? {
+            (202, _) => sent += pending.len(),
+            (code, _) if (400..500).contains(&code) => {
+                for (source, n, line) in pending.iter() {
+                    match post(agent, "/v1/outcomes", line).map_err(unreachable)? {
+                        (202, _) => sent += 1,
+                        (code, body) => {
+                            refused += 1;
+                            eprintln!("refused {source}:{n}: {code} {body}");
+                        }
+                    }
+                }
             }
-            Err(e) => {
-                eprintln!("error: agent at {agent}: {e}");
+            (code, body) => {
+                eprintln!("error: agent at {agent}: {code} {body}");
                 return Err(ExitCode::from(1));
             }
         }
+        pending.clear();
         Ok(())
-    });
+    };
+    let done = for_each_line(files, |source, n, line| {
+        pending.push((source.to_owned(), n, line.to_owned()));
+        if pending.len() >= PUBLISH_BATCH {
+            flush(&mut pending)?;
+        }
+        Ok(())
+    })
+    .and_then(|()| flush(&mut pending));
     if let Err(code) = done {
         return code;
     }

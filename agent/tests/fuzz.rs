@@ -141,7 +141,8 @@ fn decoder_survives_mutations() {
     );
 }
 
-/// Proves the intake endpoint answers every mutated request with 202 or a 4xx, never a 5xx.
+/// Proves the intake endpoints (single and batch) answer every mutated request with 202 or a
+/// 4xx, never a 5xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_survives_mutations() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -172,8 +173,16 @@ async fn intake_survives_mutations() {
     let n = execs(200_000) / 20;
     let mut codes = std::collections::BTreeMap::new();
     for _ in 0..n {
-        let body = mutate(&mut rng, &seeds);
-        let mut req = axum::http::Request::post("/v1/outcomes");
+        // One request in eight goes to the batch intake, with one to five mutated lines.
+        let (path, body) = if rng.below(8) == 0 {
+            let lines: Vec<Vec<u8>> = (0..=rng.below(5))
+                .map(|_| mutate(&mut rng, &seeds))
+                .collect();
+            ("/v1/outcomes/batch", lines.join(&b'\n'))
+        } else {
+            ("/v1/outcomes", mutate(&mut rng, &seeds))
+        };
+        let mut req = axum::http::Request::post(path);
         if rng.below(4) == 0 {
             req = req.header(
                 "Qis-Kind",

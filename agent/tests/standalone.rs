@@ -735,3 +735,75 @@ async fn standby_replica_keeps_its_view_current() {
     .await;
     passive.stop().await;
 }
+
+/// Proves the batch intake is all or nothing: a good batch is deposited whole; a batch with
+/// one bad line deposits nothing and names the line; an oversized batch is refused. And
+/// `qis-agent publish` (which sends batches, and a refused batch line by line) delivers every
+/// good line of a file once and names the bad one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batch_intake_is_all_or_nothing() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = Agent::start(&server.url(), "a", &dir.path().join("a")).await;
+    let t = now();
+    let batch = |agents: std::ops::Range<usize>| -> String {
+        agents
+            .map(|i| outcome(&format!("pump-{i}"), 0.8, t) + "\n")
+            .collect()
+    };
+    let (code, reply) = http(a.port, "POST", "/v1/outcomes/batch", &batch(0..3), &[]).await;
+    assert_eq!(code, 202, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).expect("json");
+    assert_eq!(reply["accepted"], 3);
+    assert_eq!(reply["ids"].as_array().map(Vec::len), Some(3));
+    eventually("3 agents", || async {
+        (agents_seen(&a).await? == 3).then_some(())
+    })
+    .await;
+
+    let bad = format!(
+        "{}\n{}\n{}\n",
+        outcome("pump-7", 0.8, t),
+        outcome("pump-8", 0.8, t).replace("\"domain\"", "\"extra\":1,\"domain\""),
+        outcome("pump-9", 0.8, t)
+    );
+    let (code, reply) = http(a.port, "POST", "/v1/outcomes/batch", &bad, &[]).await;
+    assert_eq!(code, 400, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).expect("json");
+    assert_eq!(reply["rule"], "unknown_field");
+    assert_eq!(reply["refused"][0]["line"], 2);
+    assert_eq!(
+        a.metric("qis_agent_packets_in_total").await,
+        3.0,
+        "nothing of the refused batch was taken in"
+    );
+
+    let (code, reply) = http(a.port, "POST", "/v1/outcomes/batch", &batch(0..1001), &[]).await;
+    assert_eq!(code, 413, "{reply}");
+    assert!(reply.contains("batch_too_large"), "{reply}");
+
+    // The CLI: 300 lines (two batches), the 150th bad.
+    let file = dir.path().join("outcomes.jsonl");
+    let mut lines: Vec<String> = (100..400)
+        .map(|i| outcome(&format!("pump-{i}"), 0.8, t))
+        .collect();
+    lines[149] = lines[149].replace("\"confidence\":0.8", "\"confidence\":1.8");
+    std::fs::write(&file, lines.join("\n")).expect("file");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qis-agent"))
+        .args(["publish", "--agent", &format!("127.0.0.1:{}", a.port)])
+        .arg(&file)
+        .output()
+        .expect("qis-agent publish");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout} {stderr}");
+    assert!(stdout.contains("299 accepted, 1 refused"), "{stdout}");
+    assert!(stderr.contains("outcomes.jsonl:150"), "{stderr}");
+    eventually("3 + 299 agents", || async {
+        (agents_seen(&a).await? == 302).then_some(())
+    })
+    .await;
+    a.stop().await;
+}
