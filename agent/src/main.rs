@@ -58,6 +58,9 @@ enum Command {
         /// Distinct agents needed to alert.
         #[arg(long, default_value_t = 2)]
         quorum: u32,
+        /// Combined confidence needed to alert.
+        #[arg(long, default_value_t = 0.5)]
+        min_confidence: f64,
         /// Synthesize as of this time (seconds since the epoch); default: the newest packet's.
         #[arg(long)]
         now: Option<f64>,
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
             half_life,
             threshold,
             quorum,
+            min_confidence,
             now,
         } => {
             let settings = match method {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
                     half_life,
                     threshold,
                     quorum,
+                    min_confidence,
                     ..Settings::default()
                 },
             };

@@ -13,7 +13,8 @@
 //! - `mean` / `trimmedMean` / `median`: one vote per agent per window (its latest packet), each
 //!   weighted by `0.5^(age / halfLife)` when a half-life is set; strength is the weighted share of
 //!   the plurality problem; the confidence combines the agreeing votes; the alert needs strength
-//!   above the threshold **and** a quorum of distinct agents.
+//!   above the threshold, a quorum of distinct agents **and** a combined confidence of at least
+//!   `minConfidence`.
 //!
 //! Synthesis packets never vote. Duplicates (same packet id) change nothing. Snapshots do not
 //! depend on the order packets arrived in: votes are summed in a fixed order.
@@ -35,6 +36,8 @@ pub struct Settings {
     pub half_life: Option<f64>,
     pub threshold: f64,
     pub quorum: u32,
+    /// Combined confidence an alert needs (not used by the seed method).
+    pub min_confidence: f64,
     pub trim_fraction: f64,
 }
 
@@ -59,6 +62,7 @@ impl Settings {
             half_life: secs(s.half_life).filter(|h| *h > 0.0),
             threshold: s.threshold.unwrap_or(0.6),
             quorum: s.quorum.unwrap_or(2),
+            min_confidence: s.min_confidence.unwrap_or(0.5),
             trim_fraction: s.trim_fraction.unwrap_or(0.1).clamp(0.0, 0.45),
         }
     }
@@ -71,6 +75,7 @@ impl Settings {
             half_life: None,
             threshold: 0.6,
             quorum: 1,
+            min_confidence: 0.0,
             trim_fraction: 0.0,
         }
     }
@@ -332,7 +337,8 @@ impl Synthesizer {
                 SynthesisMethod::TrimmedMean => trimmed_mean(agreeing, s.trim_fraction),
                 _ => weighted_mean(&agreeing),
             };
-            let alert = strength > s.threshold && n >= s.quorum as usize;
+            let alert =
+                strength > s.threshold && n >= s.quorum as usize && confidence >= s.min_confidence;
             Snapshot {
                 recommendation: recommendation(alert, n, &problem, strength),
                 problem,

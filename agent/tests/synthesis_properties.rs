@@ -41,6 +41,7 @@ fn full(method: SynthesisMethod) -> Settings {
         half_life: None,
         threshold: 0.6,
         quorum: 2,
+        min_confidence: 0.5,
         trim_fraction: 0.1,
     }
 }
@@ -126,6 +127,38 @@ fn alert_needs_quorum() {
     let (p, m) = packet("c", "energy-anomaly", 0.8, NOW);
     s.ingest(&p, &m, NOW);
     assert!(s.snapshot(NOW).expect("votes").alert);
+}
+
+/// Proves agreement alone is not an alarm: every agent agreeing on a single problem gives
+/// strength 1.0 and a quorum, but no alert while their combined confidence is under
+/// `minConfidence`; the seed method keeps alerting on strength alone.
+#[test]
+fn alert_needs_confidence() {
+    let votes = |s: &mut Synthesizer, confidence: f64| {
+        for agent in ["a", "b", "c"] {
+            let (p, m) = packet(agent, "energy-anomaly", confidence, NOW);
+            s.ingest(&p, &m, NOW);
+        }
+        s.snapshot(NOW).expect("votes")
+    };
+    let mut s = Synthesizer::new(full(SynthesisMethod::Mean));
+    let snap = votes(&mut s, 0.2);
+    assert_eq!((snap.strength, snap.agents), (1.0, 3));
+    assert!(!snap.alert, "three agents at 20 % are not an alarm");
+    assert!(snap.recommendation.starts_with("Monitoring"));
+    // Newer, surer votes from the same agents replace theirs.
+    let snap = votes(&mut s, 0.7);
+    assert!(snap.alert, "{snap:?}");
+    let mut lenient = Synthesizer::new(Settings {
+        min_confidence: 0.1,
+        ..full(SynthesisMethod::Mean)
+    });
+    assert!(votes(&mut lenient, 0.2).alert);
+    let mut seed = Synthesizer::new(Settings::seed());
+    assert!(
+        votes(&mut seed, 0.2).alert,
+        "the seed alerts on strength alone"
+    );
 }
 
 /// Proves the window: old packets are refused, and votes leave the window as time passes.

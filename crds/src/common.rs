@@ -53,6 +53,12 @@ pub struct SynthesisSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub quorum: Option<u32>,
+    /// Combined confidence of the agreeing votes below which no alert is raised, however many
+    /// agree: agents that all say "maybe" are not an alarm. Default `0.5`. The `seed` method
+    /// ignores it (the seed alerts on strength alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_confidence: Option<f64>,
     /// How confidences are combined. Default `trimmedMean`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<SynthesisMethod>,
@@ -79,6 +85,7 @@ impl SynthesisSettings {
             half_life: self.half_life.or(defaults.half_life),
             threshold: self.threshold.or(defaults.threshold),
             quorum: self.quorum.or(defaults.quorum),
+            min_confidence: self.min_confidence.or(defaults.min_confidence),
             method: self.method.or(defaults.method),
             trim_fraction: self.trim_fraction.or(defaults.trim_fraction),
             max_hops: self.max_hops.or(defaults.max_hops),
