@@ -1006,6 +1006,16 @@ async fn one_leader_acts_and_a_standby_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_mid_reconcile_converges_without_orphans() {
     let mut c = Cluster::start().await;
+    // One reconcile at a time, so that the kill below lands while most subjects are still
+    // waiting (the default concurrency finishes 200 subjects before a poll sees 20 of them).
+    let _ = c.operator.kill();
+    let _ = c.operator.wait();
+    c.operator = spawn_operator(
+        c.dir.path(),
+        &c.nats.url(),
+        qis_testkit::free_port(),
+        &["--concurrency", "1"],
+    );
     let pp = PostParams::default();
     c.swarms()
         .create(&pp, &swarm("plant", None, &["a", "b"]))
@@ -1048,6 +1058,7 @@ async fn operator_killed_mid_reconcile_converges_without_orphans() {
     let _ = c.operator.kill();
     let _ = c.operator.wait();
     let done_before = ready(&c).await;
+    eprintln!("operator killed with {done_before} of 200 subjects Ready");
     assert!(
         done_before < 200,
         "killed mid-reconcile ({done_before} of 200 done)"
