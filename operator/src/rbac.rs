@@ -1,6 +1,9 @@
 //! The Kubernetes permissions the operator's code uses, in one place. The chart and the
-//! kustomize RBAC must grant exactly these (a test renders both and compares), so a verb the
-//! code never uses, or one it needs and lacks, fails CI.
+//! kustomize RBAC must grant exactly these (`operator/tests/manifests.rs` renders both and
+//! compares), and these must be exactly what the operator calls plus what the agents' Role
+//! needs (`operator/tests/controller.rs::rbac_is_what_the_operator_calls` records every
+//! request against the API stand-in), so a verb the code never uses, or one it needs and
+//! lacks, fails CI.
 
 /// One rule: API group, resources, verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +21,16 @@ pub const CLUSTER_RULES: &[Rule] = &[
         resources: &["qisswarms", "qissubjects"],
         verbs: &["get", "list", "watch", "patch"],
     },
+    // Status writes; `get` on subjects' status only for the agents' Role (which reports
+    // consensus there).
     Rule {
         group: "qis.dev",
-        resources: &["qisswarms/status", "qissubjects/status"],
+        resources: &["qisswarms/status"],
+        verbs: &["patch"],
+    },
+    Rule {
+        group: "qis.dev",
+        resources: &["qissubjects/status"],
         verbs: &["get", "patch"],
     },
     // Agent Deployments: owned (watched), applied, pruned.
@@ -67,5 +77,5 @@ pub const SECRET_RULE: Rule = Rule {
 pub const NODE_RULE: Rule = Rule {
     group: "",
     resources: &["nodes"],
-    verbs: &["get", "list", "watch"],
+    verbs: &["list", "watch"],
 };

@@ -14,6 +14,7 @@ use qis_crds::{
 };
 use qis_testkit::NatsServer;
 use serde_json::json;
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ struct Cluster {
     /// Port of the operator's /metrics.
     port: u16,
     dir: tempfile::TempDir,
+    /// The stand-in's store (its audit of what the operator asked).
+    store: qis_kube_standin::server::Shared,
 }
 
 impl Drop for Cluster {
@@ -41,13 +44,18 @@ impl Cluster {
     async fn start() -> Cluster {
         let nats = NatsServer::start();
         let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        let (addr, _store) = qis_kube_standin::spawn(Some(&crds), true)
+        let (addr, store) = qis_kube_standin::spawn(Some(&crds), true)
             .await
             .expect("stand-in");
         let dir = tempfile::tempdir().expect("tmp");
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, qis_kube_standin::kubeconfig(addr)).expect("kubeconfig");
-        let config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+        let mut config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
+        // The tests' own requests stay out of the stand-in's audit of the operator's.
+        config.headers.push((
+            axum::http::HeaderName::from_static(qis_kube_standin::server::UNAUDITED),
+            axum::http::HeaderValue::from_static("1"),
+        ));
         let client = Client::try_from(config).expect("client");
         let port = qis_testkit::free_port();
         let operator = spawn_operator(dir.path(), &nats.url(), port, &[]);
@@ -57,6 +65,7 @@ impl Cluster {
             operator,
             port,
             dir,
+            store,
         }
     }
 
@@ -1278,4 +1287,181 @@ async fn steady_state_makes_no_writes() {
         (d.get("plant-agent-a").await.ok()?.spec?.replicas == Some(1)).then_some(())
     })
     .await;
+}
+
+/// (group, resource, verb) of every grant in `rules`.
+fn grants(rules: &[qis_operator::rbac::Rule]) -> BTreeSet<(String, String, String)> {
+    rules
+        .iter()
+        .flat_map(|r| {
+            r.resources.iter().flat_map(move |res| {
+                r.verbs
+                    .iter()
+                    .map(move |v| (r.group.to_owned(), (*res).to_owned(), (*v).to_owned()))
+            })
+        })
+        .collect()
+}
+
+/// Proves the operator's RBAC (`operator/src/rbac.rs`, which the chart and kustomize must
+/// equal, see `manifests.rs`) is what its code calls: the stand-in records every request of
+/// the operator as an authorizer sees it (group, resource, verb; an apply that creates needs
+/// `create`) while the operator runs everything it does — leader election, NATS credentials
+/// from a Secret, explicit and discovered sites, a removed site, subjects, a drifted stream
+/// reverted twice (a repeated event), deletion. Every call must be granted, and every grant
+/// must be called or be one the agents' Role needs (a Role can only grant what its creator
+/// holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_is_what_the_operator_calls() {
+    use qis_operator::rbac::{CLUSTER_RULES, NODE_RULE, SECRET_RULE};
+    let mut c = Cluster::start().await;
+    let _ = c.operator.kill();
+    let _ = c.operator.wait();
+    c.operator = spawn_operator(
+        c.dir.path(),
+        &c.nats.url(),
+        qis_testkit::free_port(),
+        &[
+            "--leader-elect",
+            "--lease-namespace",
+            NS,
+            "--pod-name",
+            "op-0",
+        ],
+    );
+    let pp = PostParams::default();
+    Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
+        .create(&pp, &node("edge-1", Some("hall-a")))
+        .await
+        .expect("node");
+    let secret = serde_json::from_value(
+        json!({"metadata": {"name": "nats-token"}, "stringData": {"token": "t0ken"}}),
+    )
+    .expect("secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), NS)
+        .create(&pp, &secret)
+        .await
+        .expect("secret");
+    let mut plant = swarm("plant", None, &["a", "b"]);
+    plant.spec.nats = Some(qis_crds::NatsConnection {
+        credentials: Some(qis_crds::NatsCredentials {
+            token: Some(qis_crds::SecretKeyRef {
+                name: "nats-token".into(),
+                key: "token".into(),
+            }),
+            creds_file: None,
+            nkey_seed: None,
+            username: None,
+            password: None,
+        }),
+        ..Default::default()
+    });
+    c.swarms().create(&pp, &plant).await.expect("swarm");
+    let mut campus = swarm("campus", Some("qis.campus"), &[]);
+    campus.spec.site_discovery = Some(qis_crds::SiteDiscovery {
+        node_label: "qis.dev/site".into(),
+        replicas: 1,
+        tolerations: vec![],
+    });
+    c.swarms().create(&pp, &campus).await.expect("swarm");
+    c.subjects()
+        .create(&pp, &subject("wear", "plant", "bearing-wear"))
+        .await
+        .expect("subject");
+    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    swarm_condition(&c, "campus", "Ready", "True", None).await;
+    subject_condition(&c, "wear", "Ready", "True", None).await;
+
+    // A site removed: its Deployment goes.
+    let mut fewer = c.swarms().get("plant").await.expect("swarm");
+    fewer.spec.sites.truncate(1);
+    fewer.metadata.managed_fields = None;
+    c.swarms()
+        .replace("plant", &pp, &fewer)
+        .await
+        .expect("one site");
+    let deployments = Api::<Deployment>::namespaced(c.client.clone(), NS);
+    eventually("the removed site's Deployment deleted", || async {
+        deployments
+            .get_opt("plant-agent-b")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // The same drift twice: the same event again (a patch of the first).
+    let js = c.js().await;
+    for _ in 0..2 {
+        let mut live = js
+            .get_stream("qis_factory_plant")
+            .await
+            .expect("stream")
+            .cached_info()
+            .config
+            .clone();
+        live.max_bytes = 1024 * 1024;
+        js.update_stream(&live).await.expect("drift");
+        eventually("the drift reverted", || async {
+            let info = js.get_stream("qis_factory_plant").await.ok()?;
+            (info.cached_info().config.max_bytes != 1024 * 1024).then_some(())
+        })
+        .await;
+    }
+
+    c.subjects()
+        .delete("wear", &DeleteParams::default())
+        .await
+        .expect("delete subject");
+    c.swarms()
+        .delete("plant", &DeleteParams::default())
+        .await
+        .expect("delete swarm");
+    eventually("both deleted (finalizers done)", || async {
+        let gone = c.subjects().get_opt("wear").await.ok()?.is_none()
+            && c.swarms().get_opt("plant").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
+
+    let called = c
+        .store
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .audit
+        .clone();
+    let mut granted = grants(CLUSTER_RULES);
+    granted.extend(grants(&[SECRET_RULE, NODE_RULE]));
+    let ungranted: Vec<_> = called.difference(&granted).collect();
+    assert!(
+        ungranted.is_empty(),
+        "the operator calls what its RBAC does not grant: {ungranted:?}"
+    );
+    let agents: BTreeSet<(String, String, String)> = qis_operator::workload::agent_rules()
+        .iter()
+        .flat_map(|r| {
+            let groups = r.api_groups.clone().unwrap_or_default();
+            let resources = r.resources.clone().unwrap_or_default();
+            let verbs = r.verbs.clone();
+            groups.into_iter().flat_map(move |g| {
+                let verbs = verbs.clone();
+                resources.clone().into_iter().flat_map(move |res| {
+                    let g = g.clone();
+                    verbs
+                        .clone()
+                        .into_iter()
+                        .map(move |v| (g.clone(), res.clone(), v))
+                })
+            })
+        })
+        .collect();
+    let unused: Vec<_> = granted
+        .iter()
+        .filter(|g| !called.contains(*g) && !agents.contains(*g))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "the RBAC grants what neither the operator calls nor the agents need: {unused:?}"
+    );
 }

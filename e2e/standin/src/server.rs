@@ -190,6 +190,32 @@ pub fn method_index(m: &Method) -> usize {
     }
 }
 
+/// A request carrying this header is left out of the store's audit (the tests' own client).
+pub const UNAUDITED: &str = "x-qis-unaudited";
+
+/// The verb an authorizer would check for this request. A server-side apply that creates the
+/// object needs `create` too (Kubernetes checks both).
+fn verbs_of(
+    method: &Method,
+    target: &Target,
+    watch: bool,
+    exists: bool,
+    apply: bool,
+) -> Vec<&'static str> {
+    match (method, &target.name) {
+        (&Method::GET, None) if watch => vec!["watch"],
+        (&Method::GET, None) => vec!["list"],
+        (&Method::GET, Some(_)) => vec!["get"],
+        (&Method::POST, _) => vec!["create"],
+        (&Method::PUT, _) => vec!["update"],
+        (&Method::PATCH, _) if apply && !exists => vec!["patch", "create"],
+        (&Method::PATCH, _) => vec!["patch"],
+        (&Method::DELETE, Some(_)) => vec!["delete"],
+        (&Method::DELETE, None) => vec!["deletecollection"],
+        _ => vec![],
+    }
+}
+
 /// The one handler: every API request goes through here.
 pub async fn handle(
     State(store): State<Shared>,
@@ -240,6 +266,26 @@ pub async fn handle(
     };
     let q = query(&uri);
     let ns = target.namespace.clone().unwrap_or_default();
+    if !headers.contains_key(UNAUDITED) {
+        let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let apply = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/apply-patch"));
+        let mut s = lock(&store);
+        let exists = target
+            .name
+            .as_ref()
+            .is_some_and(|n| s.get(&target.kind, &ns, n).is_ok());
+        let resource = match &target.subresource {
+            Some(sub) => format!("{}/{sub}", target.kind.plural),
+            None => target.kind.plural.clone(),
+        };
+        for verb in verbs_of(&method, &target, watch, exists, apply) {
+            s.audit
+                .insert((target.kind.group.clone(), resource.clone(), verb.to_owned()));
+        }
+    }
     let status_only = target.subresource.as_deref() == Some("status");
     if target.subresource.as_deref().is_some_and(|s| s != "status") {
         return error(&ApiError::new(

@@ -77,6 +77,10 @@ pub struct Store {
     pub tx: broadcast::Sender<Arc<Change>>,
     /// Mark Deployments ready as soon as they are written (a stand-in kubelet).
     pub auto_ready_deployments: bool,
+    /// What was asked of the API, as an authorizer sees it: (API group, resource or
+    /// `resource/subresource`, verb), for requests without the [`crate::server::UNAUDITED`]
+    /// header (the tests' own client sends it; the operator does not).
+    pub audit: std::collections::BTreeSet<(String, String, String)>,
 }
 
 fn now() -> String {
@@ -162,6 +166,7 @@ impl Store {
             forgotten: 0,
             tx,
             auto_ready_deployments,
+            audit: Default::default(),
         }
     }
 
