@@ -85,12 +85,13 @@ fn check<'a>(
     get: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<Checked, Refusal> {
     let packet = OutcomePacket::decode(body).map_err(|e| (code_of(&e), e.rule(), e.to_string()))?;
-    let given = PacketMeta::from_headers(get, body)
+    // The id is the hash of what is sent (below), whatever the request said.
+    let (kind, hops) = PacketMeta::kind_and_hops(&get)
         .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.rule(), e.to_string()))?;
-    if given.kind == PacketKind::Synthesis && given.hops > api.max_hops {
+    if kind == PacketKind::Synthesis && hops > api.max_hops {
         let msg = format!(
-            "a synthesis packet with {} hops is over the limit of {}",
-            given.hops, api.max_hops
+            "a synthesis packet with {hops} hops is over the limit of {}",
+            api.max_hops
         );
         return Err((StatusCode::UNPROCESSABLE_ENTITY, "hop_limit", msg));
     }
@@ -99,7 +100,8 @@ fn check<'a>(
         .map_err(|e| (code_of(&e), e.rule(), e.to_string()))?;
     let meta = PacketMeta {
         id: crate::packet::packet_id(&canonical),
-        ..given
+        kind,
+        hops,
     };
     let subject = {
         let subjects = api

@@ -475,6 +475,19 @@ impl PacketMeta {
         get: impl Fn(&str) -> Option<&'a str>,
         body: &[u8],
     ) -> Result<PacketMeta, PacketError> {
+        let (kind, hops) = Self::kind_and_hops(&get)?;
+        let id = match get(HEADER_MSG_ID) {
+            Some(id) if !id.trim().is_empty() => id.to_owned(),
+            _ => packet_id(body),
+        };
+        Ok(PacketMeta { id, kind, hops })
+    }
+
+    /// `Qis-Kind` and `Qis-Hops` of a message, checked against each other (missing: an
+    /// outcome with 0 hops).
+    pub fn kind_and_hops<'a>(
+        get: &impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<(PacketKind, u8), PacketError> {
         let kind = match get(HEADER_KIND) {
             None | Some("outcome") => PacketKind::Outcome,
             Some("synthesis") => PacketKind::Synthesis,
@@ -507,11 +520,7 @@ impl PacketMeta {
             }
             _ => {}
         }
-        let id = match get(HEADER_MSG_ID) {
-            Some(id) if !id.trim().is_empty() => id.to_owned(),
-            _ => packet_id(body),
-        };
-        Ok(PacketMeta { id, kind, hops })
+        Ok((kind, hops))
     }
 }
 
