@@ -46,14 +46,6 @@ fn metric(port: u16, name: &str) -> f64 {
         .sum()
 }
 
-struct KillOnDrop(std::process::Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn requests() -> u64 {
     REQUESTS.iter().map(|r| r.load(Ordering::Relaxed)).sum()
 }
@@ -103,7 +95,7 @@ fn main() {
         .spawn()
         .expect("operator");
     // Killed on every exit, a failed assertion included.
-    let mut operator = KillOnDrop(operator);
+    let mut operator = qis_testkit::KillOnDrop(operator);
     let client = {
         let _guard = rt.enter();
         Client::try_from(kube::Config::new(

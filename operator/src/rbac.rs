@@ -79,3 +79,37 @@ pub const NODE_RULE: Rule = Rule {
     resources: &["nodes"],
     verbs: &["list", "watch"],
 };
+
+/// One permission: (API group, resource, verb).
+pub type Grant = (String, String, String);
+
+/// Every (group, resource, verb) the rules grant.
+pub fn grants(rules: &[Rule]) -> std::collections::BTreeSet<Grant> {
+    rules
+        .iter()
+        .flat_map(|r| {
+            r.resources.iter().flat_map(move |res| {
+                r.verbs
+                    .iter()
+                    .map(move |v| (r.group.to_owned(), (*res).to_owned(), (*v).to_owned()))
+            })
+        })
+        .collect()
+}
+
+/// Every (group, resource, verb) Kubernetes `PolicyRule`s grant (the agents' Role).
+pub fn policy_grants(
+    rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+) -> std::collections::BTreeSet<Grant> {
+    let mut out = std::collections::BTreeSet::new();
+    for rule in rules {
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    out.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out
+}

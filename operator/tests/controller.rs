@@ -14,7 +14,6 @@ use qis_crds::{
 };
 use qis_testkit::NatsServer;
 use serde_json::json;
-use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -75,6 +74,18 @@ impl Cluster {
 
     fn subjects(&self) -> Api<QisSubject> {
         Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Stops the operator (SIGKILL) and starts another with `extra` flags.
+    fn restart_operator(&mut self, extra: &[&str]) {
+        let _ = self.operator.kill();
+        let _ = self.operator.wait();
+        self.operator = spawn_operator(
+            self.dir.path(),
+            &self.nats.url(),
+            qis_testkit::free_port(),
+            extra,
+        );
     }
 
     async fn js(&self) -> jetstream::Context {
@@ -1017,14 +1028,7 @@ async fn operator_killed_mid_reconcile_converges_without_orphans() {
     let mut c = Cluster::start().await;
     // One reconcile at a time, so that the kill below lands while most subjects are still
     // waiting (the default concurrency finishes 200 subjects before a poll sees 20 of them).
-    let _ = c.operator.kill();
-    let _ = c.operator.wait();
-    c.operator = spawn_operator(
-        c.dir.path(),
-        &c.nats.url(),
-        qis_testkit::free_port(),
-        &["--concurrency", "1"],
-    );
+    c.restart_operator(&["--concurrency", "1"]);
     let pp = PostParams::default();
     c.swarms()
         .create(&pp, &swarm("plant", None, &["a", "b"]))
@@ -1072,7 +1076,7 @@ async fn operator_killed_mid_reconcile_converges_without_orphans() {
         done_before < 200,
         "killed mid-reconcile ({done_before} of 200 done)"
     );
-    c.operator = spawn_operator(c.dir.path(), &c.nats.url(), qis_testkit::free_port(), &[]);
+    c.restart_operator(&[]);
     eventually("all 200 subjects Ready after the restart", || async {
         (ready(&c).await == 200).then_some(())
     })
@@ -1289,20 +1293,6 @@ async fn steady_state_makes_no_writes() {
     .await;
 }
 
-/// (group, resource, verb) of every grant in `rules`.
-fn grants(rules: &[qis_operator::rbac::Rule]) -> BTreeSet<(String, String, String)> {
-    rules
-        .iter()
-        .flat_map(|r| {
-            r.resources.iter().flat_map(move |res| {
-                r.verbs
-                    .iter()
-                    .map(move |v| (r.group.to_owned(), (*res).to_owned(), (*v).to_owned()))
-            })
-        })
-        .collect()
-}
-
 /// Proves the operator's RBAC (`operator/src/rbac.rs`, which the chart and kustomize must
 /// equal, see `manifests.rs`) is what its code calls: the stand-in records every request of
 /// the operator as an authorizer sees it (group, resource, verb; an apply that creates needs
@@ -1313,22 +1303,15 @@ fn grants(rules: &[qis_operator::rbac::Rule]) -> BTreeSet<(String, String, Strin
 /// holds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_is_what_the_operator_calls() {
-    use qis_operator::rbac::{CLUSTER_RULES, NODE_RULE, SECRET_RULE};
+    use qis_operator::rbac::{CLUSTER_RULES, NODE_RULE, SECRET_RULE, grants, policy_grants};
     let mut c = Cluster::start().await;
-    let _ = c.operator.kill();
-    let _ = c.operator.wait();
-    c.operator = spawn_operator(
-        c.dir.path(),
-        &c.nats.url(),
-        qis_testkit::free_port(),
-        &[
-            "--leader-elect",
-            "--lease-namespace",
-            NS,
-            "--pod-name",
-            "op-0",
-        ],
-    );
+    c.restart_operator(&[
+        "--leader-elect",
+        "--lease-namespace",
+        NS,
+        "--pod-name",
+        "op-0",
+    ]);
     let pp = PostParams::default();
     Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
         .create(&pp, &node("edge-1", Some("hall-a")))
@@ -1380,14 +1363,8 @@ async fn rbac_is_what_the_operator_calls() {
         .replace("plant", &pp, &fewer)
         .await
         .expect("one site");
-    let deployments = Api::<Deployment>::namespaced(c.client.clone(), NS);
     eventually("the removed site's Deployment deleted", || async {
-        deployments
-            .get_opt("plant-agent-b")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
+        (!exists::<Deployment>(&c, "plant-agent-b").await).then_some(())
     })
     .await;
 
@@ -1419,8 +1396,8 @@ async fn rbac_is_what_the_operator_calls() {
         .await
         .expect("delete swarm");
     eventually("both deleted (finalizers done)", || async {
-        let gone = c.subjects().get_opt("wear").await.ok()?.is_none()
-            && c.swarms().get_opt("plant").await.ok()?.is_none();
+        let gone =
+            !exists::<QisSubject>(&c, "wear").await && !exists::<QisSwarm>(&c, "plant").await;
         gone.then_some(())
     })
     .await;
@@ -1438,24 +1415,7 @@ async fn rbac_is_what_the_operator_calls() {
         ungranted.is_empty(),
         "the operator calls what its RBAC does not grant: {ungranted:?}"
     );
-    let agents: BTreeSet<(String, String, String)> = qis_operator::workload::agent_rules()
-        .iter()
-        .flat_map(|r| {
-            let groups = r.api_groups.clone().unwrap_or_default();
-            let resources = r.resources.clone().unwrap_or_default();
-            let verbs = r.verbs.clone();
-            groups.into_iter().flat_map(move |g| {
-                let verbs = verbs.clone();
-                resources.clone().into_iter().flat_map(move |res| {
-                    let g = g.clone();
-                    verbs
-                        .clone()
-                        .into_iter()
-                        .map(move |v| (g.clone(), res.clone(), v))
-                })
-            })
-        })
-        .collect();
+    let agents = policy_grants(&qis_operator::workload::agent_rules());
     let unused: Vec<_> = granted
         .iter()
         .filter(|g| !called.contains(*g) && !agents.contains(*g))

@@ -8,33 +8,12 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef};
 use qis_testkit::NatsServer;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NS: &str = "factory";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The agent binary, built next to the operator (`cargo build --workspace`; the test command
-/// builds every binary before the tests run).
-fn agent_binary() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_qis-operator")).with_file_name("qis-agent");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Polls `f` until it returns `Some`, or fails the test after `WAIT` saying what it waited for.
 async fn eventually<T, F, Fut>(what: &str, f: F) -> T
@@ -91,12 +70,12 @@ async fn three_sites_converge_and_one_agent_reports_with_failover() {
     qis_kube_standin::kubelet::start(
         store,
         qis_kube_standin::kubelet::KubeletConfig {
-            agent_binary: agent_binary(),
+            agent_binary: qis_testkit::workspace_binary("qis-agent"),
             kubeconfig: kubeconfig.clone(),
             work_dir: dir.path().join("pods"),
         },
     );
-    let _operator = Killed(
+    let _operator = qis_testkit::KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_qis-operator"))
             .env("KUBECONFIG", &kubeconfig)
             .args([

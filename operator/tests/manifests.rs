@@ -4,7 +4,7 @@
 //! code never uses, or one it needs and lacks, fails here. Uses helm 4 and kubectl 1.35 from
 //! the project's tools and kubernetes-validate.
 
-use qis_operator::rbac::{CLUSTER_RULES, NODE_RULE, Rule, SECRET_RULE};
+use qis_operator::rbac::{CLUSTER_RULES, NODE_RULE, SECRET_RULE, grants, policy_grants};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -65,19 +65,6 @@ fn docs(yaml: &str) -> Vec<Value> {
 }
 
 type Grants = BTreeSet<(String, String, String)>;
-
-fn grants_of(rules: &[Rule]) -> Grants {
-    rules
-        .iter()
-        .flat_map(|r| {
-            r.resources.iter().flat_map(move |res| {
-                r.verbs
-                    .iter()
-                    .map(move |v| (r.group.to_owned(), (*res).to_owned(), (*v).to_owned()))
-            })
-        })
-        .collect()
-}
 
 fn cluster_role_grants(yaml: &str) -> Grants {
     let role = docs(yaml)
@@ -184,8 +171,8 @@ fn kustomize_default_renders_valid_objects() {
 /// grants and what kustomize grants are equal; without site discovery the chart drops nodes.
 #[test]
 fn rbac_matches_the_code_everywhere() {
-    let mut code = grants_of(CLUSTER_RULES);
-    code.extend(grants_of(&[SECRET_RULE, NODE_RULE]));
+    let mut code = grants(CLUSTER_RULES);
+    code.extend(grants(&[SECRET_RULE, NODE_RULE]));
     let chart = cluster_role_grants(&helm(&[
         "template",
         "qis",
@@ -216,17 +203,11 @@ fn rbac_matches_the_code_everywhere() {
 /// holds itself, so every agent permission must be in the operator's.
 #[test]
 fn operator_holds_every_permission_it_grants_agents() {
-    let operator = grants_of(CLUSTER_RULES);
-    for rule in qis_operator::workload::agent_rules() {
-        for g in rule.api_groups.unwrap_or_default() {
-            for r in rule.resources.clone().unwrap_or_default() {
-                for v in &rule.verbs {
-                    assert!(
-                        operator.contains(&(g.clone(), r.clone(), v.clone())),
-                        "agents get {g}/{r} {v} but the operator lacks it"
-                    );
-                }
-            }
-        }
+    let operator = grants(CLUSTER_RULES);
+    for (g, r, v) in policy_grants(&qis_operator::workload::agent_rules()) {
+        assert!(
+            operator.contains(&(g.clone(), r.clone(), v.clone())),
+            "agents get {g}/{r} {v} but the operator lacks it"
+        );
     }
 }

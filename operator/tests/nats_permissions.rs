@@ -6,35 +6,17 @@
 use async_nats::jetstream;
 use qis_crds::{QisSubjectSpec, QisSwarmSpec, SwarmRef};
 use qis_operator::{consumer_config, jetstream as js_apply, nats_permissions, stream_config};
-use qis_testkit::{NatsServer, eventually};
+use qis_testkit::{KillOnDrop, NatsServer, eventually};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// How nats-server 2.15 logs a refused publish or subscription (`Publish Violation - Subject
 /// "..."`, `Subscription Violation - Subject "..."`).
 const VIOLATION: &str = "Violation - Subject";
-
-fn agent_binary() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_qis-operator")).with_file_name("qis-agent");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// (status, body) of a plain HTTP/1.0 request to the agent's local API.
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
@@ -57,7 +39,7 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (code, body)
 }
 
-fn start_agent(dir: &Path, nats: &str, site: &str, port: u16) -> Killed {
+fn start_agent(dir: &Path, nats: &str, site: &str, port: u16) -> KillOnDrop {
     let config = dir.join(format!("{site}.yaml"));
     std::fs::write(
         &config,
@@ -72,8 +54,8 @@ fn start_agent(dir: &Path, nats: &str, site: &str, port: u16) -> Killed {
         ),
     )
     .expect("agent config");
-    Killed(
-        Command::new(agent_binary())
+    KillOnDrop(
+        Command::new(qis_testkit::workspace_binary("qis-agent"))
             .args(["run", "--config"])
             .arg(&config)
             .env(
@@ -140,7 +122,7 @@ async fn rendered_agent_permissions_suffice_and_confine() {
 
     // Two agents with the rendered permissions only.
     let ports = [qis_testkit::free_port(), qis_testkit::free_port()];
-    let _agents: Vec<Killed> = ["hall-a", "hall-b"]
+    let _agents: Vec<KillOnDrop> = ["hall-a", "hall-b"]
         .iter()
         .zip(ports)
         .map(|(site, port)| start_agent(dir.path(), &nats, site, port))
