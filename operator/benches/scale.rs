@@ -150,9 +150,8 @@ fn main() {
                         .iter()
                         .filter(|s| {
                             s.status.as_ref().is_some_and(|st| {
-                                st.conditions
-                                    .iter()
-                                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                                qis_operator::conditions::is_true(&st.conditions, "Ready")
+                                    == Some(true)
                             })
                         })
                         .count()

@@ -1054,9 +1054,8 @@ async fn operator_killed_mid_reconcile_converges_without_orphans() {
                         .iter()
                         .filter(|s| {
                             s.status.as_ref().is_some_and(|st| {
-                                st.conditions
-                                    .iter()
-                                    .any(|x| x.type_ == "Ready" && x.status == "True")
+                                qis_operator::conditions::is_true(&st.conditions, "Ready")
+                                    == Some(true)
                             })
                         })
                         .count()
