@@ -191,10 +191,12 @@ pub struct StreamSpec {
     /// `old` or `new`. Default `old`.
     #[serde(default)]
     pub discard: DiscardPolicy,
-    /// Most consumers the stream admits. Every subject has one durable consumer per site, and
-    /// each agent briefly adds one while it rebuilds its window, so a swarm needs about
-    /// `subjects × sites + agents`. Default 10000. The stream always carries an explicit
-    /// limit: nats-server 2.15 caps a stream that sets none at 1000 consumers.
+    /// Most consumers the stream admits. Every subject has one durable consumer per site, each
+    /// agent briefly adds one while it rebuilds its window, and each standby replica (a site
+    /// with `replicas` > 1) follows each of its subjects with one, so a swarm needs about
+    /// `subjects × sites + agents + subjects × standby replicas`. Default 10000. The stream
+    /// always carries an explicit limit: nats-server 2.15 caps a stream that sets none at 1000
+    /// consumers.
     #[serde(default = "default_max_consumers")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_consumers: i32,
