@@ -2,15 +2,20 @@
 //! `QIS_E2E_NATS_URL` (port-forwarded by `e2e/kind/run.sh`): streams and consumers exist in
 //! NATS, the agent Deployments are Ready on their halls, outcomes deposited for two halls
 //! become consensus in `kubectl get qsub`, and deletion cleans NATS and the Deployments up.
+//! It also checks what the Kubernetes API stand-in cannot show (docs/operator.md): the API
+//! server refuses what the CRD schema and its CEL rules forbid and fills the schema's
+//! defaults, and the agents run under the restricted Pod Security Standard.
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Client, ResourceExt};
 use qis_agent::packet::{OutcomePacket, PacketMeta};
-use qis_crds::{QisSubject, QisSwarm};
+use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, SwarmRef};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,6 +38,71 @@ where
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// `Ok` when `result` is the API server's 422 Invalid naming `needle`.
+fn refused<T>(what: &str, result: Result<T, kube::Error>, needle: &str) -> Result<(), String> {
+    match result {
+        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains(needle) => {
+            println!("ok: the API server refused {what}");
+            Ok(())
+        }
+        Err(e) => Err(format!("{what}: expected 422 naming {needle:?}, got {e}")),
+        Ok(_) => Err(format!("the API server admitted {what}")),
+    }
+}
+
+/// Admission: the token pattern and a CEL immutability rule are enforced by the API server,
+/// and the schema's defaults are filled in by it (the samples set no `maxConsumers`).
+async fn admission(
+    client: &Client,
+    swarms: &Api<QisSwarm>,
+    subjects: &Api<QisSubject>,
+) -> Result<(), String> {
+    let injection = QisSubject::new(
+        "e2e-injection",
+        QisSubjectSpec {
+            swarm_ref: SwarmRef {
+                name: "campus".into(),
+            },
+            domain: "hvac.>".into(),
+            ..Default::default()
+        },
+    );
+    refused(
+        "a subject whose domain is `hvac.>`",
+        subjects.create(&PostParams::default(), &injection).await,
+        "spec.domain",
+    )?;
+    let moved = serde_json::json!({"spec": {"subjectPrefix": "qis.elsewhere"}});
+    refused(
+        "a changed subjectPrefix",
+        swarms
+            .patch("campus", &PatchParams::default(), &Patch::Merge(&moved))
+            .await,
+        "subjectPrefix is immutable",
+    )?;
+    let raw: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &ApiResource::erase::<QisSwarm>(&()));
+    let stored = raw.get("campus").await.map_err(|e| e.to_string())?;
+    let max_consumers = &stored.data["spec"]["stream"]["maxConsumers"];
+    if max_consumers != 10000 {
+        return Err(format!(
+            "stored spec.stream.maxConsumers is {max_consumers}, not the schema default 10000"
+        ));
+    }
+    println!("ok: the API server filled spec.stream.maxConsumers = 10000");
+    let ns = Api::<Namespace>::all(client.clone())
+        .get(NS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let enforce = ns.labels().get("pod-security.kubernetes.io/enforce");
+    if enforce.map(String::as_str) != Some("restricted") {
+        return Err(format!(
+            "namespace {NS} does not enforce the restricted Pod Security Standard ({enforce:?})"
+        ));
+    }
+    Ok(())
 }
 
 async fn run() -> Result<(), String> {
@@ -111,6 +181,8 @@ async fn run() -> Result<(), String> {
         }
     }
     println!("ok: one Ready agent per hall, pinned to its node");
+    admission(&client, &swarms, &subjects).await?;
+    println!("ok: the agents were admitted under Pod Security `restricted`");
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
