@@ -161,11 +161,16 @@ async fn agents_seen(a: &Agent) -> Option<u64> {
 }
 
 /// Outcome packets in the stream (synthesis packets left out) and how many distinct ids.
+/// Reads until the consumer has nothing pending; the per-message timeout is only a guard (a
+/// short one cut reads short on a loaded machine).
 async fn outcomes(js: &jetstream::Context) -> (usize, usize) {
     use futures::StreamExt;
     let Ok(stream) = js.get_stream(STREAM).await else {
         return (0, 0);
     };
+    if stream.cached_info().state.messages == 0 {
+        return (0, 0);
+    }
     let Ok(c) = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
         .await
@@ -176,8 +181,7 @@ async fn outcomes(js: &jetstream::Context) -> (usize, usize) {
         return (0, 0);
     };
     let mut ids = Vec::new();
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(300), msgs.next()).await
-    {
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), msgs.next()).await {
         let h = m.headers.clone().unwrap_or_default();
         if h.get("Qis-Kind").map(|v| v.as_str()) != Some("synthesis") {
             ids.push(
