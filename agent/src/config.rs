@@ -260,17 +260,24 @@ impl Config {
             data_dir: get("QIS_DATA_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(default_data_dir),
-            outbox_max: get("QIS_OUTBOX_MAX")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(default_outbox),
+            outbox_max: match get("QIS_OUTBOX_MAX") {
+                Some(v) => v
+                    .parse()
+                    .map_err(|e| invalid("QIS_OUTBOX_MAX", format!("{v:?}: {e}")))?,
+                None => default_outbox(),
+            },
             mode: Mode::Cluster {
                 namespace: need("QIS_NAMESPACE")?,
                 swarm: need("QIS_SWARM")?,
             },
-            report_interval: get("QIS_REPORT_INTERVAL")
-                .and_then(|v| v.parse::<qis_crds::Duration>().ok())
-                .map(Into::into)
-                .unwrap_or(Duration::from_secs(5)),
+            report_interval: match get("QIS_REPORT_INTERVAL") {
+                Some(v) => match qis_crds::duration::parse(&v) {
+                    Ok(d) if !d.is_zero() => d,
+                    Ok(_) => return Err(invalid("QIS_REPORT_INTERVAL", "must be positive")),
+                    Err(e) => return Err(invalid("QIS_REPORT_INTERVAL", format!("{v:?} {e}"))),
+                },
+                None => Duration::from_secs(5),
+            },
         })
     }
 }

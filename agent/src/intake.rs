@@ -244,6 +244,7 @@ fn view_json(name: &str, v: &crate::twins::View) -> serde_json::Value {
         "consumer": v.consumer,
         "bound": v.bound,
         "standby": v.standby,
+        "refused": v.invalid,
         "consensus": v.snapshot.as_ref().map(|s| json!({
             "problem": s.problem, "strength": s.strength, "weightedConfidence": s.weighted_confidence,
             "agents": s.agents, "packets": s.packets, "synthesisPairs": s.synthesis_pairs,
@@ -287,13 +288,17 @@ async fn ready(State(api): State<Api>) -> Response {
         .views
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let all_bound = views.values().all(|v| v.bound);
+    // A subject the agent refused (reported in its view) does not hold the others' readiness.
+    let all_bound = views
+        .values()
+        .filter(|v| v.invalid.is_none())
+        .all(|v| v.bound);
     if api.connected.load(Ordering::Relaxed) && all_bound {
         (StatusCode::OK, "ready").into_response()
     } else {
         let unbound: Vec<&String> = views
             .iter()
-            .filter(|(_, v)| !v.bound)
+            .filter(|(_, v)| !v.bound && v.invalid.is_none())
             .map(|(n, _)| n)
             .collect();
         let connected = api.connected.load(Ordering::Relaxed);

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub synthesis_latency: Histogram,
     /// Status writes of consensus.
     pub status_writes: Counter,
+    /// Subjects this agent refused (a setting it cannot use); it serves the others.
+    pub subjects_refused: Counter,
     pub registry: Registry,
 }
 
@@ -57,6 +59,7 @@ impl Default for Metrics {
             consumer_lag: Family::default(),
             synthesis_latency: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
             status_writes: Counter::default(),
+            subjects_refused: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -109,6 +112,11 @@ impl Default for Metrics {
             "status_writes",
             "Consensus status writes",
             m.status_writes.clone(),
+        );
+        registry.register(
+            "subjects_refused",
+            "Subjects refused for settings the agent cannot use",
+            m.subjects_refused.clone(),
         );
         Metrics { registry, ..m }
     }

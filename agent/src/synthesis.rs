@@ -41,9 +41,25 @@ pub struct Settings {
     pub trim_fraction: f64,
 }
 
+/// A synthesis setting an agent cannot use, naming the field (as in the CRD).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("synthesis.{field} {reason}")]
+pub struct InvalidSetting {
+    pub field: &'static str,
+    pub reason: String,
+}
+
 impl Default for Settings {
     fn default() -> Self {
-        Settings::from_crd(&SynthesisSettings::default())
+        Settings {
+            method: SynthesisMethod::default(),
+            window: Self::DEFAULT_WINDOW,
+            half_life: None,
+            threshold: 0.6,
+            quorum: 2,
+            min_confidence: 0.5,
+            trim_fraction: 0.1,
+        }
     }
 }
 
@@ -51,20 +67,50 @@ impl Settings {
     /// Default window, seconds.
     pub const DEFAULT_WINDOW: f64 = 3600.0;
 
-    /// Fills the CRD's unset fields with the documented defaults.
-    pub fn from_crd(s: &SynthesisSettings) -> Settings {
-        let secs = |d: Option<Duration>| d.map(|d| std::time::Duration::from(d).as_secs_f64());
-        Settings {
-            method: s.method.unwrap_or_default(),
-            window: secs(s.window)
-                .filter(|w| *w > 0.0)
-                .unwrap_or(Self::DEFAULT_WINDOW),
-            half_life: secs(s.half_life).filter(|h| *h > 0.0),
-            threshold: s.threshold.unwrap_or(0.6),
-            quorum: s.quorum.unwrap_or(2),
-            min_confidence: s.min_confidence.unwrap_or(0.5),
-            trim_fraction: s.trim_fraction.unwrap_or(0.1).clamp(0.0, 0.45),
+    /// Fills the CRD's unset fields with the documented defaults; refuses a value the agent
+    /// cannot use (a duration out of range, a number outside its bounds), naming its field.
+    pub fn from_crd(s: &SynthesisSettings) -> Result<Settings, InvalidSetting> {
+        let secs = |field: &'static str, d: Option<Duration>| {
+            d.map(|d| d.get().map(|d| d.as_secs_f64()))
+                .transpose()
+                .map_err(|e| InvalidSetting {
+                    field,
+                    reason: e.to_string(),
+                })
+        };
+        let unit = |field: &'static str, v: Option<f64>, max: f64, default: f64| match v {
+            None => Ok(default),
+            Some(v) if (0.0..=max).contains(&v) => Ok(v),
+            Some(v) => Err(InvalidSetting {
+                field,
+                reason: format!("{v} is outside [0, {max}]"),
+            }),
+        };
+        let d = Settings::default();
+        let window = secs("window", s.window)?;
+        if window == Some(0.0) {
+            return Err(InvalidSetting {
+                field: "window",
+                reason: "must be positive".into(),
+            });
         }
+        Ok(Settings {
+            method: s.method.unwrap_or_default(),
+            window: window.unwrap_or(d.window),
+            half_life: secs("halfLife", s.half_life)?.filter(|h| *h > 0.0),
+            threshold: unit("threshold", s.threshold, 1.0, d.threshold)?,
+            quorum: match s.quorum {
+                Some(0) => {
+                    return Err(InvalidSetting {
+                        field: "quorum",
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                q => q.unwrap_or(d.quorum),
+            },
+            min_confidence: unit("minConfidence", s.min_confidence, 1.0, d.min_confidence)?,
+            trim_fraction: unit("trimFraction", s.trim_fraction, 0.45, d.trim_fraction)?,
+        })
     }
 
     /// The seed article's rules: every packet a vote, no window, threshold 0.6.

@@ -51,6 +51,8 @@ pub struct View {
     pub snapshot: Option<Snapshot>,
     /// Seconds since the epoch of the snapshot.
     pub at: f64,
+    /// Why this agent refused the subject (a setting it cannot use), if it did.
+    pub invalid: Option<String>,
 }
 
 pub type Views = Arc<RwLock<BTreeMap<String, View>>>;
@@ -279,6 +281,13 @@ pub fn synthesis_packet(
     }
 }
 
+fn invalid_setting(field: &'static str, reason: &str) -> crate::synthesis::InvalidSetting {
+    crate::synthesis::InvalidSetting {
+        field,
+        reason: reason.to_owned(),
+    }
+}
+
 /// Runs one subject until `stop` turns true.
 pub async fn run(
     shared: Shared,
@@ -287,12 +296,29 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let resolved = spec.synthesis.or(&defaults);
-    let settings = Settings::from_crd(&resolved);
+    // A subject this agent cannot use is reported and left alone; the others go on.
+    let checked = Settings::from_crd(&resolved).and_then(|settings| {
+        let publish_every = match resolved.publish_interval.map(|d| d.get()) {
+            None => Duration::from_secs(30),
+            Some(Ok(d)) if !d.is_zero() => d,
+            Some(Ok(_)) => return Err(invalid_setting("publishInterval", "must be positive")),
+            Some(Err(e)) => return Err(invalid_setting("publishInterval", &e.to_string())),
+        };
+        Ok((settings, publish_every))
+    });
+    let (settings, publish_every) = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::error!(subject = %spec.name, error = %e, "subject refused: its settings are invalid");
+            shared.metrics.subjects_refused.inc();
+            set_view(&shared, &spec.name, |v| {
+                v.address = spec.address.clone();
+                v.invalid = Some(e.to_string());
+            });
+            return;
+        }
+    };
     let max_hops = resolved.max_hops.unwrap_or(1);
-    let publish_every = resolved
-        .publish_interval
-        .map(Duration::from)
-        .unwrap_or(Duration::from_secs(30));
     let consumer_name = spec.consumer(&shared.config.site);
     set_view(&shared, &spec.name, |v| {
         v.address = spec.address.clone();

@@ -26,6 +26,17 @@ impl Agent {
 
     /// A replica: `agent_id` names it, `site` is shared with its peers.
     async fn start_as(nats: &str, site: &str, agent_id: &str, data: &Path) -> Agent {
+        Agent::start_with(nats, site, agent_id, data, Vec::new()).await
+    }
+
+    /// An agent following `wear` and the `extra` subjects.
+    async fn start_with(
+        nats: &str,
+        site: &str,
+        agent_id: &str,
+        data: &Path,
+        extra: Vec<SubjectConfig>,
+    ) -> Agent {
         if std::env::var_os("QIS_TEST_LOGS").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("debug,hyper=info,kube=info")
@@ -48,7 +59,10 @@ impl Agent {
                 problem_class: Some("bearing-wear".into()),
                 addressing: None,
                 synthesis: Default::default(),
-            }],
+            }]
+            .into_iter()
+            .chain(extra)
+            .collect(),
             synthesis: Default::default(),
             listen: ([127, 0, 0, 1], port).into(),
             data_dir: data.to_owned(),
@@ -205,6 +219,37 @@ async fn stream_messages(js: &jetstream::Context) -> u64 {
         Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
         Err(_) => 0,
     }
+}
+
+/// Proves one subject the agent cannot use (a window the old schema admitted and that used to
+/// panic the agent while parsing) is refused and reported, and the agent serves the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subject_with_an_unusable_setting_is_refused_and_the_others_served() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad: SubjectConfig = serde_yaml::from_str(
+        "{name: bad, domain: hvac, synthesis: {window: 99999999999999999999s}}",
+    )
+    .expect("the agent reads the subject; using it is refused later");
+    let agent = Agent::start_with(&server.url(), "a", "agent-a", dir.path(), vec![bad]).await;
+    let refused = eventually("the bad subject reported as refused", || async {
+        let (code, body) = http(agent.port, "GET", "/v1/consensus/bad", "", &[]).await;
+        let v: Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
+        v["refused"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(
+        refused.contains("synthesis.window"),
+        "names the field: {refused}"
+    );
+    assert_eq!(agent.metric("qis_agent_subjects_refused_total").await, 1.0);
+    assert_eq!(post(&agent, &outcome("pump-1", 0.9, now())).await, 202);
+    eventually("the good subject still synthesizes", || async {
+        (agents_seen(&agent).await? == 1).then_some(())
+    })
+    .await;
+    assert!(!agent.task.is_finished(), "the agent is still running");
+    agent.stop().await;
 }
 
 /// Proves three agents on three sites converge on the same consensus, and a fourth that joins

@@ -1,13 +1,9 @@
-//! Types both kinds share: synthesis settings, conditions, duration patterns.
+//! Types both kinds share: synthesis settings, conditions.
 
+use crate::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::core::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
-/// Regex of a positive Go duration (`90s`, `1h30m`, `500ms`): what `kubectl explain` shows and the
-/// API server enforces on every duration field.
-pub const DURATION_PATTERN: &str = "^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
 /// `seed` | `mean` | `trimmedMean` | `median`: how votes are counted and confidences combined.
 ///
@@ -38,11 +34,9 @@ pub struct SynthesisSettings {
     /// Only packets whose timestamp lies within this window of now are considered; each agent
     /// has one vote in it (its latest). Default `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub window: Option<Duration>,
     /// Half-life of a vote's weight (exponential decay with age). Unset: no decay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub half_life: Option<Duration>,
     /// Consensus strength above which an alert is raised (with `quorum`). Default `0.6`, the
     /// seed's.
@@ -73,7 +67,6 @@ pub struct SynthesisSettings {
     pub max_hops: Option<u8>,
     /// Least time between two synthesis packets an agent publishes for one subject. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub publish_interval: Option<Duration>,
 }
 

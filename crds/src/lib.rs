@@ -7,12 +7,12 @@ pub mod addressing;
 pub mod common;
 pub mod constants;
 pub mod crdgen;
+pub mod duration;
 pub mod subject;
 pub mod swarm;
 
 pub use common::{SecretKeyRef, SynthesisMethod, SynthesisSettings};
-/// The Go-style duration of every duration field (`30s`, `1h30m`).
-pub use kube::core::Duration;
+pub use duration::Duration;
 pub use subject::{
     Addressing, AddressingMode, Consensus, ConsumerSpec, ConsumerStatus, DeliverPolicy, QisSubject,
     QisSubjectSpec, QisSubjectStatus, SwarmRef,

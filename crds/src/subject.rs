@@ -1,8 +1,9 @@
 //! `QisSubject`: a semantic address in a swarm, its durable consumers and its consensus.
 
-use crate::common::{DURATION_PATTERN, SynthesisSettings, conditions_schema};
+use crate::Duration;
+use crate::common::{SynthesisSettings, conditions_schema};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema, core::Duration};
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -137,7 +138,6 @@ pub struct ConsumerSpec {
     pub opt_start_time: Option<String>,
     /// Time the server waits for an ack before redelivering. Default `30s`.
     #[serde(default = "default_ack_wait")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub ack_wait: Duration,
     /// Deliveries of one packet before the server gives up; `-1` for no limit. Default `10`.
     #[serde(default = "default_max_deliver")]
@@ -156,7 +156,7 @@ pub struct ConsumerSpec {
 /// One redelivery delay, a Go duration such as `5s`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(transparent)]
-pub struct BackoffDuration(#[schemars(regex(pattern = DURATION_PATTERN))] pub Duration);
+pub struct BackoffDuration(pub Duration);
 
 impl Default for ConsumerSpec {
     fn default() -> Self {
@@ -172,7 +172,7 @@ impl Default for ConsumerSpec {
 }
 
 fn default_ack_wait() -> Duration {
-    std::time::Duration::from_secs(30).into()
+    Duration::from_secs(30)
 }
 fn default_max_deliver() -> i64 {
     10

@@ -1,11 +1,12 @@
 //! `QisSwarm`: one JetStream stream, one subject prefix, the sites that run agents.
 
-use crate::common::{DURATION_PATTERN, SecretKeyRef, SynthesisSettings, conditions_schema};
+use crate::Duration;
+use crate::common::{SecretKeyRef, SynthesisSettings, conditions_schema};
 use k8s_openapi::api::core::v1::{
     Affinity, EnvVar, LocalObjectReference, ResourceRequirements, SecurityContext, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema, core::Duration};
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -173,7 +174,6 @@ pub struct StreamSpec {
     pub replicas: i32,
     /// Oldest packet kept. Default `24h`.
     #[serde(default = "default_max_age")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max_age: Duration,
     /// Most bytes kept; `-1` for no limit. Default 50 MiB.
     #[serde(default = "default_max_bytes")]
@@ -186,7 +186,6 @@ pub struct StreamSpec {
     pub max_msg_size: Option<i32>,
     /// Window in which a repeated `Nats-Msg-Id` is dropped. Default `2m`.
     #[serde(default = "default_duplicate_window")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub duplicate_window: Duration,
     /// `old` or `new`. Default `old`.
     #[serde(default)]
@@ -221,13 +220,13 @@ fn default_replicas() -> i32 {
     1
 }
 fn default_max_age() -> Duration {
-    std::time::Duration::from_secs(24 * 3600).into()
+    Duration::from_secs(24 * 3600)
 }
 fn default_max_bytes() -> i64 {
     50 * 1024 * 1024
 }
 fn default_duplicate_window() -> Duration {
-    std::time::Duration::from_secs(120).into()
+    Duration::from_secs(120)
 }
 fn default_max_consumers() -> i32 {
     crate::constants::DEFAULT_MAX_CONSUMERS

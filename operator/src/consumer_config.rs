@@ -34,7 +34,8 @@ pub fn parse_start_time(s: &str) -> Result<time::OffsetDateTime, String> {
         .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
 }
 
-/// The consumer of `subject` (in `namespace`) at `site`.
+/// The consumer of `subject` (in `namespace`) at `site`. Call it on a spec `validate::subject`
+/// accepted: that refuses every invalid duration (with its field named) before anything is built.
 pub fn desired(
     namespace: &str,
     subject: &str,
@@ -61,10 +62,14 @@ pub fn desired(
             },
         },
         ack_policy: AckPolicy::Explicit,
-        ack_wait: c.ack_wait.into(),
+        ack_wait: c.ack_wait.get().unwrap_or_default(),
         max_deliver: c.max_deliver,
         max_ack_pending: c.max_ack_pending,
-        backoff: c.backoff.iter().map(|b| b.0.into()).collect(),
+        backoff: c
+            .backoff
+            .iter()
+            .map(|b| b.0.get().unwrap_or_default())
+            .collect(),
         priority_policy: PriorityPolicy::PinnedClient,
         priority_groups: vec![PRIORITY_GROUP.to_owned()],
         priority_timeout: PIN_TTL,

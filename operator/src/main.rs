@@ -56,14 +56,14 @@ struct Args {
     #[arg(long, env = "QIS_AGENT_IMAGE", default_value = concat!("ghcr.io/qis-operator/qis-agent:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
     /// How often every object is looked at again (drift revert, live stream state).
-    #[arg(long, env = "QIS_RESYNC", default_value = "60s")]
-    resync: kube::core::Duration,
+    #[arg(long, env = "QIS_RESYNC", default_value = "60s", value_parser = qis_crds::duration::parse)]
+    resync: std::time::Duration,
     /// How long deletion retries an unreachable NATS before removing the finalizer.
-    #[arg(long, env = "QIS_DELETION_TIMEOUT", default_value = "5m")]
-    deletion_timeout: kube::core::Duration,
+    #[arg(long, env = "QIS_DELETION_TIMEOUT", default_value = "5m", value_parser = qis_crds::duration::parse)]
+    deletion_timeout: std::time::Duration,
     /// Bound on connecting to NATS and on each JetStream request.
-    #[arg(long, env = "QIS_NATS_TIMEOUT", default_value = "5s")]
-    nats_timeout: kube::core::Duration,
+    #[arg(long, env = "QIS_NATS_TIMEOUT", default_value = "5s", value_parser = qis_crds::duration::parse)]
+    nats_timeout: std::time::Duration,
     /// Reconciles running at once, per kind. Bounds memory and the burst on the API server and
     /// NATS when many objects change together (a restart, a bulk apply).
     #[arg(long, env = "QIS_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
@@ -222,9 +222,9 @@ async fn main() -> ExitCode {
                 agent_image: args.agent_image.clone(),
                 nats_url: args.nats_url.clone(),
             },
-            resync: args.resync.into(),
-            deletion_timeout: args.deletion_timeout.into(),
-            nats_timeout: args.nats_timeout.into(),
+            resync: args.resync,
+            deletion_timeout: args.deletion_timeout,
+            nats_timeout: args.nats_timeout,
             scratch_dir: args.scratch_dir.clone(),
         },
         listen: args.listen,

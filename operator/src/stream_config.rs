@@ -21,7 +21,8 @@ pub fn prefix(namespace: &str, name: &str, spec: &QisSwarmSpec) -> String {
         .unwrap_or_else(|| addressing::default_prefix(namespace, name))
 }
 
-/// The stream config of a swarm.
+/// The stream config of a swarm. Call it on a spec `validate::swarm` accepted: that refuses every
+/// invalid duration (with its field named) before anything is built.
 pub fn desired(namespace: &str, name: &str, spec: &QisSwarmSpec) -> Config {
     let s = &spec.stream;
     Config {
@@ -33,7 +34,7 @@ pub fn desired(namespace: &str, name: &str, spec: &QisSwarmSpec) -> Config {
             SpecStorage::Memory => StorageType::Memory,
         },
         num_replicas: usize::try_from(s.replicas.max(1)).unwrap_or(1),
-        max_age: s.max_age.into(),
+        max_age: s.max_age.get().unwrap_or_default(),
         max_bytes: s.max_bytes,
         max_messages: -1,
         max_messages_per_subject: -1,
@@ -41,7 +42,7 @@ pub fn desired(namespace: &str, name: &str, spec: &QisSwarmSpec) -> Config {
         max_message_size: s
             .max_msg_size
             .unwrap_or(i32::try_from(DEFAULT_MAX_MSG_SIZE).unwrap_or(i32::MAX)),
-        duplicate_window: s.duplicate_window.into(),
+        duplicate_window: s.duplicate_window.get().unwrap_or_default(),
         discard: match s.discard {
             qis_crds::DiscardPolicy::Old => DiscardPolicy::Old,
             qis_crds::DiscardPolicy::New => DiscardPolicy::New,

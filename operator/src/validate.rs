@@ -17,6 +17,19 @@ fn invalid(field: &str, message: impl Into<String>) -> Error {
     }
 }
 
+/// A duration field's value, or `InvalidSpec` naming the field (out of range, not a duration).
+pub fn duration(field: &str, d: qis_crds::Duration) -> Result<Duration, Error> {
+    d.get().map_err(|e| invalid(field, e.to_string()))
+}
+
+/// A duration field that must be positive.
+pub fn positive(field: &str, d: qis_crds::Duration) -> Result<Duration, Error> {
+    match duration(field, d)? {
+        d if d.is_zero() => Err(invalid(field, "must be positive")),
+        d => Ok(d),
+    }
+}
+
 /// Is `name` a DNS label (what object names built from it need)?
 pub fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
@@ -92,11 +105,8 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
             .map_err(|e| invalid("spec.nats.jetstreamDomain", e.to_string()))?;
     }
     let s = &spec.stream;
-    let max_age = Duration::from(s.max_age);
-    let dup = Duration::from(s.duplicate_window);
-    if s.max_age.is_negative() || s.duplicate_window.is_negative() {
-        return Err(invalid("spec.stream", "durations must not be negative"));
-    }
+    let max_age = duration("spec.stream.maxAge", s.max_age)?;
+    let dup = duration("spec.stream.duplicateWindow", s.duplicate_window)?;
     if !max_age.is_zero() && dup > max_age {
         return Err(invalid(
             "spec.stream.duplicateWindow",
@@ -157,10 +167,25 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
 }
 
 fn synthesis(field: &str, s: &qis_crds::SynthesisSettings) -> Result<(), Error> {
-    if let Some(w) = s.window
-        && (w.is_negative() || Duration::from(w).is_zero())
+    if let Some(w) = s.window {
+        positive(&format!("{field}.window"), w)?;
+    }
+    if let Some(h) = s.half_life {
+        duration(&format!("{field}.halfLife"), h)?;
+    }
+    if let Some(p) = s.publish_interval {
+        positive(&format!("{field}.publishInterval"), p)?;
+    }
+    if s.quorum == Some(0) {
+        return Err(invalid(&format!("{field}.quorum"), "must be at least 1"));
+    }
+    if let Some(c) = s.min_confidence
+        && !(0.0..=1.0).contains(&c)
     {
-        return Err(invalid(&format!("{field}.window"), "must be positive"));
+        return Err(invalid(
+            &format!("{field}.minConfidence"),
+            "must be in [0, 1]",
+        ));
     }
     if let Some(t) = s.threshold
         && !(0.0..=1.0).contains(&t)
@@ -217,9 +242,7 @@ pub fn subject(spec: &QisSubjectSpec) -> Result<(), Error> {
         }
         _ => {}
     }
-    if c.ack_wait.is_negative() || Duration::from(c.ack_wait).is_zero() {
-        return Err(invalid("spec.consumer.ackWait", "must be positive"));
-    }
+    positive("spec.consumer.ackWait", c.ack_wait)?;
     if c.max_deliver == 0 || c.max_deliver < -1 {
         return Err(invalid(
             "spec.consumer.maxDeliver",
@@ -232,14 +255,8 @@ pub fn subject(spec: &QisSubjectSpec) -> Result<(), Error> {
             "must have fewer entries than maxDeliver",
         ));
     }
-    if c.backoff
-        .iter()
-        .any(|b| b.0.is_negative() || Duration::from(b.0).is_zero())
-    {
-        return Err(invalid(
-            "spec.consumer.backoff",
-            "every delay must be positive",
-        ));
+    for (i, b) in c.backoff.iter().enumerate() {
+        positive(&format!("spec.consumer.backoff[{i}]"), b.0)?;
     }
     if c.max_ack_pending < 1 {
         return Err(invalid("spec.consumer.maxAckPending", "must be positive"));

@@ -314,6 +314,27 @@ fn every_invalid_object_is_refused() {
             None,
             Schema,
         ),
+        (
+            "window past every int64 (panicked the operator and every agent once)",
+            1,
+            subject(json!({"spec": {"synthesis": {"window": "99999999999999999999s"}}})),
+            None,
+            Cel,
+        ),
+        (
+            "maxAge one nanosecond past 10 years",
+            0,
+            swarm(json!({"spec": {"stream": {"maxAge": "87600h1ns"}}})),
+            None,
+            Cel,
+        ),
+        (
+            "ackWait of 34 characters",
+            1,
+            subject(json!({"spec": {"consumer": {"ackWait": format!("{}1s", "0".repeat(32))}}})),
+            None,
+            Schema,
+        ),
     ];
     assert!(cases.len() >= 20);
     let mut failures = Vec::new();
@@ -324,4 +345,70 @@ fn every_invalid_object_is_refused() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Proves a duration past the bound is refused by the operator's own validation too (an
+/// object stored before the schema had the bound), naming the field, and that reading it
+/// never panics.
+#[test]
+fn out_of_range_durations_are_invalid_spec_naming_the_field() {
+    let cases = [
+        (
+            1,
+            json!({"spec": {"synthesis": {"window": "99999999999999999999s"}}}),
+            "spec.synthesis.window",
+        ),
+        (
+            1,
+            json!({"spec": {"synthesis": {"halfLife": "9999999999h"}}}),
+            "spec.synthesis.halfLife",
+        ),
+        (
+            1,
+            json!({"spec": {"synthesis": {"publishInterval": "87601h"}}}),
+            "spec.synthesis.publishInterval",
+        ),
+        (
+            1,
+            json!({"spec": {"consumer": {"ackWait": "99999999999999999999ms"}}}),
+            "spec.consumer.ackWait",
+        ),
+        (
+            1,
+            json!({"spec": {"consumer": {"backoff": ["1s", "99999999999999999999s"]}}}),
+            "spec.consumer.backoff[1]",
+        ),
+        (
+            0,
+            json!({"spec": {"stream": {"maxAge": "99999999999999999999s"}}}),
+            "spec.stream.maxAge",
+        ),
+        (
+            0,
+            json!({"spec": {"stream": {"duplicateWindow": "9999999999999999h"}}}),
+            "spec.stream.duplicateWindow",
+        ),
+        (
+            0,
+            json!({"spec": {"synthesis": {"window": "99999999999999999999s"}}}),
+            "spec.synthesis.window",
+        ),
+    ];
+    for (kind, patch, field) in cases {
+        let err = if kind == 0 {
+            let o = swarm(patch);
+            let spec: qis_crds::QisSwarmSpec =
+                serde_json::from_value(o["spec"].clone()).expect("reads");
+            qis_operator::validate::swarm(&spec).expect_err("refused")
+        } else {
+            let o = subject(patch);
+            let spec: qis_crds::QisSubjectSpec =
+                serde_json::from_value(o["spec"].clone()).expect("reads");
+            qis_operator::validate::subject(&spec).expect_err("refused")
+        };
+        match err {
+            qis_operator::error::Error::InvalidSpec { field: got, .. } => assert_eq!(got, field),
+            other => panic!("{field}: not InvalidSpec: {other}"),
+        }
+    }
 }
