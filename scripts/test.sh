@@ -14,6 +14,12 @@ command -v shellcheck >/dev/null || { echo "shellcheck is missing (apt-get insta
 shellcheck scripts/*.sh e2e/kind/run.sh .ci/run
 echo "== kind e2e script: syntax (it needs Docker and kind to run)"
 bash -n e2e/kind/run.sh
+echo "== the control plane (kube-apiserver, controller-manager, scheduler, etcd from the Go modules)"
+QIS_CONTROLPLANE="$(bash scripts/controlplane.sh)"
+export QIS_CONTROLPLANE
+echo "control plane: $QIS_CONTROLPLANE"
+echo "== go vet, gofmt (e2e/controlplane)"
+(cd e2e/controlplane && go vet . && test -z "$(gofmt -l .)")
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -85,6 +85,10 @@ struct Args {
     /// Watch Nodes for site discovery (needs node read access).
     #[arg(long, env = "QIS_WATCH_NODES", default_value_t = true, action = clap::ArgAction::Set)]
     watch_nodes: bool,
+    /// Reconcile only this namespace's swarms and subjects (a namespaced install); unset: every
+    /// namespace.
+    #[arg(long, env = "QIS_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Where TLS material is written for the NATS client.
     #[arg(long, env = "QIS_SCRATCH_DIR", default_value = "/tmp/qis-operator")]
     scratch_dir: PathBuf,
@@ -238,6 +242,7 @@ async fn main() -> ExitCode {
         watch_nodes: args.watch_nodes,
         concurrency: args.concurrency,
         instance: Some(identity),
+        watch_namespace: args.watch_namespace.clone().filter(|ns| !ns.is_empty()),
     };
     match run(client, options).await {
         Ok(()) => {

@@ -51,6 +51,20 @@ pub struct Options {
     pub concurrency: u16,
     /// Reported as the events' `reportingInstance` (the pod name).
     pub instance: Option<String>,
+    /// Only this namespace's swarms and subjects (a namespaced install); `None`: all.
+    pub watch_namespace: Option<String>,
+}
+
+/// The namespaced resources of kind `K` the operator watches: one namespace's or all.
+fn watched<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Runs until SIGTERM/SIGINT, or until the leader lease is lost (then returns an error so the
@@ -89,13 +103,14 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         swarm_cache,
     ));
 
+    let scope = options.watch_namespace.as_deref();
     let swarm_ctl = Controller::new(
-        Api::<DeserializeGuard<QisSwarm>>::all(client.clone()),
+        watched::<DeserializeGuard<QisSwarm>>(&client, scope),
         watcher::Config::default().any_semantic(),
     );
     let swarm_store = swarm_ctl.store();
     let mut swarm_ctl = swarm_ctl.owns(
-        Api::<Deployment>::all(client.clone()),
+        watched::<Deployment>(&client, scope),
         watcher::Config::default().labels("app.kubernetes.io/managed-by=qis-operator"),
     );
     if options.watch_nodes {
@@ -132,14 +147,14 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         });
 
     let subject_ctl = Controller::new(
-        Api::<DeserializeGuard<QisSubject>>::all(client.clone()),
+        watched::<DeserializeGuard<QisSubject>>(&client, scope),
         watcher::Config::default().any_semantic(),
     );
     let subject_store = subject_ctl.store();
     // Subjects care about a swarm's prefix, sites and stream readiness, not its live stream
     // counters: without this filter every resync of a busy swarm would wake all its subjects.
     let swarm_changes = watcher::watcher(
-        Api::<QisSwarm>::all(client.clone()),
+        watched::<QisSwarm>(&client, scope),
         watcher::Config::default(),
     )
     .default_backoff()

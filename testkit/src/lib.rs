@@ -5,6 +5,8 @@
 //! the same port and store to inject faults. Nothing here sleeps for synchronization: readiness
 //! is polled with a deadline.
 
+pub mod controlplane;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
