@@ -75,6 +75,8 @@ pub mod reason {
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     /// The Kubernetes API refused or failed a request.
     pub const KUBE_API_ERROR: &str = "KubeApiError";
+    /// The swarm asks for site discovery, and this operator runs without node access.
+    pub const SITE_DISCOVERY_DISABLED: &str = "SiteDiscoveryDisabled";
     /// Deletion gave up on NATS after the bounded wait and removed the finalizer.
     pub const CLEANUP_ABANDONED: &str = "CleanupAbandoned";
     /// An agent reports consensus.

@@ -34,6 +34,7 @@ const controllers = "deployment-controller,replicaset-controller,garbage-collect
 
 type ready struct {
 	Kubeconfig string `json:"kubeconfig"`
+	AuditLog   string `json:"auditLog"`
 	Server     string `json:"server"`
 	Token      string `json:"token"`
 	CA         string `json:"ca"`
@@ -81,6 +82,13 @@ func up(args []string) error {
 	}
 	defer closeEtcd()
 
+	// Every request at Metadata level (who, verb, resource, namespace, code): tests read it to
+	// compare what a component calls with what its RBAC grants.
+	auditPolicy := filepath.Join(*dir, "audit-policy.yaml")
+	auditLog := filepath.Join(*dir, "logs", "audit.log")
+	if err := os.WriteFile(auditPolicy, []byte("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n"), 0o644); err != nil {
+		return err
+	}
 	kubeconfigs := map[string]string{}
 	for _, user := range []string{"admin", "controller-manager", "scheduler"} {
 		path := filepath.Join(*dir, user+".kubeconfig")
@@ -100,12 +108,16 @@ func up(args []string) error {
 		"--client-ca-file="+pki.caFile,
 		"--token-auth-file="+pki.tokenFile,
 		"--authorization-mode=RBAC",
-		"--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,ResourceQuota,DefaultTolerationSeconds",
+		"--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,PodSecurity,ResourceQuota,DefaultTolerationSeconds,OwnerReferencesPermissionEnforcement",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+pki.saPub,
 		"--service-account-signing-key-file="+pki.saKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--allow-privileged=false",
+		"--audit-policy-file="+auditPolicy,
+		"--audit-log-path="+auditLog,
+		"--audit-log-mode=batch",
+		"--audit-log-batch-max-wait=200ms",
 		"--profiling=false",
 		"--v="+v,
 	); err != nil {
@@ -149,7 +161,7 @@ func up(args []string) error {
 		return fmt.Errorf("kube-controller-manager did not publish the root CA or the default ServiceAccount: %w (log: %s)",
 			err, filepath.Join(*dir, "logs", "kube-controller-manager.log"))
 	}
-	out, err := json.Marshal(ready{Kubeconfig: kubeconfigs["admin"], Server: server, Token: pki.tokens["admin"], CA: pki.caFile})
+	out, err := json.Marshal(ready{Kubeconfig: kubeconfigs["admin"], AuditLog: auditLog, Server: server, Token: pki.tokens["admin"], CA: pki.caFile})
 	if err != nil {
 		return err
 	}

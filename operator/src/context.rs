@@ -28,6 +28,8 @@ pub struct Config {
     pub nats_timeout: Duration,
     /// Where TLS material is written for the NATS client.
     pub scratch_dir: std::path::PathBuf,
+    /// Sites may be discovered from node labels (the operator may read Nodes).
+    pub site_discovery: bool,
 }
 
 /// Shared by all reconciles.

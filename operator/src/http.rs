@@ -1,5 +1,6 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process
-//! runs), `/readyz` (it leads and its controllers run).
+//! runs), `/readyz` (it serves: a leader whose controllers run, or a standby waiting for the
+//! lease; `qis_operator_leader` tells which).
 
 use crate::metrics::Metrics;
 use axum::Router;

@@ -230,6 +230,7 @@ async fn main() -> ExitCode {
             deletion_timeout: args.deletion_timeout,
             nats_timeout: args.nats_timeout,
             scratch_dir: args.scratch_dir.clone(),
+            site_discovery: args.watch_nodes,
         },
         listen: args.listen,
         election: args.leader_elect.then(|| LeaseLock {

@@ -28,6 +28,15 @@ pub const CLUSTER_RULES: &[Rule] = &[
         resources: &["qisswarms/status"],
         verbs: &["patch"],
     },
+    // Children whose owner reference sets blockOwnerDeletion: where the
+    // OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift, hardened
+    // clusters), that needs `update` on the owner's finalizers. Checked by admission, never a
+    // request of its own.
+    Rule {
+        group: "qis.dev",
+        resources: &["qisswarms/finalizers"],
+        verbs: &["update"],
+    },
     Rule {
         group: "qis.dev",
         resources: &["qissubjects/status"],

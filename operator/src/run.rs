@@ -12,7 +12,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
-use kube::runtime::{PredicateConfig, WatchStreamExt};
+use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates};
 use kube::{Api, Client, ResourceExt};
 use qis_crds::{QisSubject, QisSwarm};
 use qis_lease::LeaseLock;
@@ -36,6 +36,32 @@ fn what_subjects_see(swarm: &QisSwarm) -> Option<u64> {
             .hash(&mut h);
     }
     Some(h.finish())
+}
+
+/// The objects of `api` whose generation (spec, deletion) or finalizers changed, kept in
+/// `writer`'s store.
+fn spec_changes<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watcher::watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            PredicateConfig::default(),
+        )
 }
 
 /// How the process runs.
@@ -85,6 +111,10 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         }
     });
 
+    // A standby is ready: it runs, and takes over when the leader goes. Readiness meaning
+    // "holds the lease" made every standby unready, so a rolling update (or `helm install
+    // --wait`) of more than one replica never completed. `qis_operator_leader` tells them apart.
+    ready.store(true, Ordering::Relaxed);
     let lost_lease = match options.election.clone() {
         Some(election) => {
             election.acquire(&client).await;
@@ -104,9 +134,17 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
     ));
 
     let scope = options.watch_namespace.as_deref();
-    let swarm_ctl = Controller::new(
-        watched::<DeserializeGuard<QisSwarm>>(&client, scope),
-        watcher::Config::default().any_semantic(),
+    // A swarm is reconciled when its spec (generation), finalizers or deletion change, on its
+    // Deployments' changes and on resync; not on its own status writes: the live stream counters
+    // in the status change with every packet, and each write re-triggering the reconcile made
+    // the operator write continuously under traffic.
+    let (swarm_reader, swarm_writer) = reflector::store();
+    let swarm_ctl = Controller::for_stream(
+        spec_changes(
+            watched::<DeserializeGuard<QisSwarm>>(&client, scope),
+            swarm_writer,
+        ),
+        swarm_reader,
     );
     let swarm_store = swarm_ctl.store();
     let mut swarm_ctl = swarm_ctl.owns(
@@ -146,9 +184,14 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
             }
         });
 
-    let subject_ctl = Controller::new(
-        watched::<DeserializeGuard<QisSubject>>(&client, scope),
-        watcher::Config::default().any_semantic(),
+    // Likewise a subject: agents write its consensus into the status with traffic.
+    let (subject_reader, subject_writer) = reflector::store();
+    let subject_ctl = Controller::for_stream(
+        spec_changes(
+            watched::<DeserializeGuard<QisSubject>>(&client, scope),
+            subject_writer,
+        ),
+        subject_reader,
     );
     let subject_store = subject_ctl.store();
     // Subjects care about a swarm's prefix, sites and stream readiness, not its live stream
@@ -184,7 +227,6 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
             }
         });
 
-    ready.store(true, Ordering::Relaxed);
     tracing::info!("controllers started");
     let controllers = async {
         futures::join!(swarms, subjects);

@@ -64,9 +64,17 @@ async fn apply(swarm: &QisSwarm, ctx: &Context) -> Result<Action, Error> {
     let ns = swarm.namespace().unwrap_or_default();
     let name = swarm.name_any();
     let reference = swarm.object_ref(&());
+    // What subjects read to decide which consumers to keep: a failure never shrinks it (under
+    // server-side apply a status written without `sites` removes the field, and every subject
+    // would then delete all its consumers).
+    let previous_sites = swarm
+        .status
+        .as_ref()
+        .map(|s| s.sites.clone())
+        .unwrap_or_default();
     if let Err(e) = validate::swarm(&swarm.spec) {
         let c = failed_conditions(&e);
-        write_status(swarm, ctx, c, None, None, vec![]).await?;
+        write_status(swarm, ctx, c, None, None, previous_sites).await?;
         return Err(e);
     }
     let prefix = stream_config::prefix(&ns, &name, &swarm.spec);
@@ -120,10 +128,42 @@ async fn apply(swarm: &QisSwarm, ctx: &Context) -> Result<Action, Error> {
         Err(e) => Desired::new(condition::STREAM_READY, false, e.reason(), e.to_string()),
     };
     let (agents_cond, site_status) = match &agents {
-        Ok((sites, skipped)) => (agents_condition(sites, skipped, &swarm.spec), sites.clone()),
+        Ok(a) => match a.failures.first() {
+            None if a.discovery_disabled => (
+                Desired::new(
+                    condition::AGENTS_READY,
+                    false,
+                    reason::SITE_DISCOVERY_DISABLED,
+                    format!(
+                        "spec.siteDiscovery is set, but this operator runs without node access \
+                         (--watch-nodes=false; chart siteDiscovery.enabled=false): only the {} \
+                         site(s) of spec.sites run",
+                        a.sites.len()
+                    ),
+                ),
+                a.sites.clone(),
+            ),
+            None => (
+                agents_condition(&a.sites, &a.skipped, &swarm.spec),
+                a.sites.clone(),
+            ),
+            Some((site, e)) => (
+                Desired::new(
+                    condition::AGENTS_READY,
+                    false,
+                    e.reason(),
+                    format!(
+                        "{} of {} site(s) failed; site {site}: {e}",
+                        a.failures.len(),
+                        a.sites.len()
+                    ),
+                ),
+                a.sites.clone(),
+            ),
+        },
         Err(e) => (
             Desired::new(condition::AGENTS_READY, false, e.reason(), e.to_string()),
-            vec![],
+            previous_sites,
         ),
     };
     let ready = match [&stream_cond, &agents_cond].into_iter().find(|c| !c.ok) {
@@ -153,8 +193,20 @@ async fn apply(swarm: &QisSwarm, ctx: &Context) -> Result<Action, Error> {
     )
     .await?;
     stream?;
-    agents?;
+    if let Some((_, e)) = agents?.failures.into_iter().next() {
+        return Err(e);
+    }
     Ok(Action::requeue(ctx.config.resync))
+}
+
+/// What applying the agents did: every desired site (a site whose Deployment failed keeps its
+/// place, with the replicas last seen), the node-label values skipped, and each site's failure.
+struct Agents {
+    sites: Vec<SiteStatus>,
+    skipped: Vec<String>,
+    failures: Vec<(String, Error)>,
+    /// The spec asks for discovery and this operator may not read Nodes.
+    discovery_disabled: bool,
 }
 
 async fn ensure_stream(
@@ -235,13 +287,14 @@ fn agents_condition(
 }
 
 /// Applies the agents' RBAC and one Deployment per site; deletes Deployments of sites that
-/// are gone. Returns each site's replicas and the node-label values that were skipped.
+/// are gone. One site's failure (quota, admission, 403, 429) is that site's: the others are
+/// applied, and the site stays in the status.
 async fn apply_agents(
     swarm: &QisSwarm,
     ctx: &Context,
     prefix: &str,
     stream: &str,
-) -> Result<(Vec<SiteStatus>, Vec<String>), Error> {
+) -> Result<Agents, Error> {
     let ns = swarm.namespace().unwrap_or_default();
     let name = swarm.name_any();
     let writes = |what: &'static str| {
@@ -262,30 +315,47 @@ async fn apply_agents(
         writes("rbac");
     }
 
+    // Without node access (chart `siteDiscovery.enabled=false`) only the listed sites run;
+    // the swarm is told why its discovered ones do not.
+    let discovery_disabled = swarm.spec.site_discovery.is_some() && !ctx.config.site_discovery;
     let nodes = match &swarm.spec.site_discovery {
-        Some(d) => {
+        Some(d) if ctx.config.site_discovery => {
             Api::<Node>::all(ctx.client.clone())
                 .list(&ListParams::default().labels(&d.node_label))
                 .await?
                 .items
         }
-        None => vec![],
+        _ => vec![],
     };
     let Sites { sites, skipped } = sites::resolve(&swarm.spec, &nodes);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let mut out = Vec::with_capacity(sites.len());
+    let mut failures = Vec::new();
     for site in &sites {
         let d = workload::deployment(swarm, site, prefix, stream, &ctx.config.defaults);
         let dname = workload::deployment_name(&name, &site.name);
-        let (live, written) = apply::apply(&deployments, &dname, &d, memo).await?;
-        if written {
-            writes("deployment");
-        }
+        let ready_replicas = match apply::apply(&deployments, &dname, &d, memo).await {
+            Ok((live, written)) => {
+                if written {
+                    writes("deployment");
+                }
+                live.status.and_then(|s| s.ready_replicas).unwrap_or(0)
+            }
+            Err(e) => {
+                tracing::warn!(site = %site.name, error = %e, "site's Deployment not applied");
+                failures.push((site.name.clone(), e));
+                swarm
+                    .status
+                    .as_ref()
+                    .and_then(|st| st.sites.iter().find(|s| s.name == site.name))
+                    .map_or(0, |s| s.ready_replicas)
+            }
+        };
         out.push(SiteStatus {
             name: site.name.clone(),
             deployment: dname,
             desired_replicas: site.replicas,
-            ready_replicas: live.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+            ready_replicas,
         });
     }
     let selector = format!(
@@ -313,7 +383,12 @@ async fn apply_agents(
             .await;
         }
     }
-    Ok((out, skipped))
+    Ok(Agents {
+        sites: out,
+        skipped,
+        failures,
+        discovery_disabled,
+    })
 }
 
 /// Writes the status when it differs (conditions compared without timestamps), and records

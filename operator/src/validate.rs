@@ -163,6 +163,19 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
             "must be an image reference without spaces",
         ));
     }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, e) in spec.agent.env.iter().enumerate() {
+        let field = format!("spec.agent.env[{i}].name");
+        if crate::workload::env::SET_BY_OPERATOR.contains(&e.name.as_str()) {
+            return Err(invalid(
+                &field,
+                format!("{} is set by the operator", e.name),
+            ));
+        }
+        if !names.insert(e.name.as_str()) {
+            return Err(invalid(&field, format!("{} is listed twice", e.name)));
+        }
+    }
     synthesis("spec.synthesis", &spec.synthesis)
 }
 
@@ -285,6 +298,33 @@ mod tests {
             domain: "hvac".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn agent_env_may_not_name_what_the_operator_sets_or_repeat() {
+        let env = |names: &[&str]| QisSwarmSpec {
+            agent: qis_crds::AgentTemplate {
+                env: names
+                    .iter()
+                    .map(|n| k8s_openapi::api::core::v1::EnvVar {
+                        name: (*n).into(),
+                        value: Some("x".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            field_of(swarm(&env(&["TZ", "QIS_SITE"]))),
+            "spec.agent.env[1].name"
+        );
+        assert_eq!(
+            field_of(swarm(&env(&["TZ", "TZ"]))),
+            "spec.agent.env[1].name"
+        );
+        assert!(swarm(&env(&["TZ", "QIS_OUTBOX_MAX"])).is_ok());
     }
 
     #[test]

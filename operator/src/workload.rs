@@ -35,6 +35,22 @@ pub mod env {
     pub const NATS_TLS_DIR: &str = "QIS_NATS_TLS_DIR";
     pub const LISTEN: &str = "QIS_LISTEN";
     pub const DATA_DIR: &str = "QIS_DATA_DIR";
+    /// Every variable the operator sets on the agent container: `spec.agent.env` may not name
+    /// them (the container's env is a list keyed by name; a repeated name fails the apply).
+    pub const SET_BY_OPERATOR: &[&str] = &[
+        NAMESPACE,
+        POD_NAME,
+        SWARM,
+        SITE,
+        STREAM,
+        SUBJECT_PREFIX,
+        NATS_URL,
+        JETSTREAM_DOMAIN,
+        NATS_CREDENTIALS_DIR,
+        NATS_TLS_DIR,
+        LISTEN,
+        DATA_DIR,
+    ];
 }
 
 /// Where credentials are mounted; files are named `creds`, `nkey`, `username`, `password`,
@@ -85,9 +101,15 @@ pub fn deployment_name(swarm: &str, site: &str) -> String {
     format!("{swarm}-agent-{site}")
 }
 
+/// The swarm as its children's controlling owner. `blockOwnerDeletion`: a foreground deletion
+/// of the swarm waits until the garbage collector has taken them (kube's reference leaves it
+/// unset, and the swarm went first while its Deployments were still terminating).
 fn owner(swarm: &QisSwarm) -> Option<OwnerReference> {
     use kube::Resource;
-    swarm.controller_owner_ref(&())
+    swarm.controller_owner_ref(&()).map(|o| OwnerReference {
+        block_owner_deletion: Some(true),
+        ..o
+    })
 }
 
 fn meta(swarm: &QisSwarm, name: String, site: Option<&str>) -> ObjectMeta {

@@ -1,5 +1,7 @@
-//! The real operator binary against the Kubernetes API stand-in and a real nats-server:
-//! each test is one scenario of the operator issue, end to end.
+//! The real operator binary against the real control plane (kube-apiserver with RBAC and
+//! admission, controller manager, scheduler; `qis_testkit::controlplane`) and a real
+//! nats-server: each test is one scenario of the operator issue, end to end, in a namespace of
+//! its own, the operator running as its ServiceAccount under the ClusterRole the chart renders.
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -12,15 +14,108 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use qis_crds::{
     DeletionPolicy, QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef,
 };
+use qis_nodeagent::{NodeAgent, NodeAgentConfig, NodeSpec};
 use qis_testkit::NatsServer;
+use qis_testkit::controlplane::{ControlPlane, DumpOnFailure};
 use serde_json::json;
+use std::path::PathBuf;
+use std::process::ChildStdin;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-const NS: &str = "factory";
 const WAIT: Duration = Duration::from_secs(30);
+/// For what the garbage collector does: it picks up new kinds at its 30 s discovery resync.
+const GC_WAIT: Duration = Duration::from_secs(120);
 
-/// A stand-in API server, a nats-server and the operator binary, torn down on drop.
+/// The operator's identity in this test binary: the ServiceAccount, ClusterRole and binding
+/// `helm template` renders, installed once; every operator here runs as it, under real RBAC.
+fn operator_identity() -> &'static (PathBuf, String) {
+    static ID: OnceLock<(PathBuf, String)> = OnceLock::new();
+    ID.get_or_init(|| {
+        let cp = ControlPlane::shared();
+        cp.operator_identity("qis-operator", "qis-system", &[], &cp.dir)
+    })
+}
+
+/// The node agent of this test binary (`qis-nodeagent`, in place of a kubelet): two Nodes
+/// without site labels, where the agent pods of explicit sites are scheduled, each container
+/// run as a real `qis-agent` process under its pod's ServiceAccount. It stops when this
+/// process exits (it watches its standard input).
+fn shared_nodes() {
+    static NODES: OnceLock<Mutex<(Child, ChildStdin, tempfile::TempDir)>> = OnceLock::new();
+    NODES.get_or_init(|| {
+        let cp = ControlPlane::shared();
+        let work = tempfile::tempdir().expect("tmp");
+        let log = std::fs::File::create(work.path().join("nodeagent.log")).expect("log");
+        let mut child = Command::new(qis_testkit::workspace_binary("qis-nodeagent"))
+            .arg("--kubeconfig")
+            .arg(&cp.kubeconfig)
+            .args(["--node", "pool-1:qis.dev/pool=shared"])
+            .args(["--node", "pool-2:qis.dev/pool=shared"])
+            .arg("--binary")
+            .arg(qis_testkit::workspace_binary("qis-agent"))
+            .arg("--work-dir")
+            .arg(work.path())
+            .arg("--exit-on-stdin-eof")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("qis-nodeagent");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("node agent output");
+        assert!(line.contains("pool-1"), "node agent up: {line:?}");
+        Mutex::new((child, stdin, work))
+    });
+}
+
+/// A node agent of one test's own: Nodes with `labels` (each `name:key=value,…`), tainted
+/// `qis.dev/test=<namespace>:NoSchedule` so that only pods tolerating it ([`test_toleration`])
+/// land there, not those of other tests.
+async fn own_nodes(c: &Cluster, nodes: &[(&str, &[&str])]) -> NodeAgent {
+    let work = c.dir.path().join("nodes");
+    NodeAgent::start(NodeAgentConfig {
+        kubeconfig: ControlPlane::shared().kubeconfig.clone(),
+        nodes: nodes
+            .iter()
+            .map(|(name, labels)| {
+                NodeSpec::new(&c.node_name(name), labels).taint(
+                    "qis.dev/test",
+                    Some(&c.ns),
+                    "NoSchedule",
+                )
+            })
+            .collect(),
+        default_binary: qis_testkit::workspace_binary("qis-agent"),
+        work_dir: work,
+        ..Default::default()
+    })
+    .await
+    .expect("node agent")
+}
+
+/// Tolerates the taint of [`own_nodes`].
+fn test_toleration(c: &Cluster) -> k8s_openapi::api::core::v1::Toleration {
+    k8s_openapi::api::core::v1::Toleration {
+        key: Some("qis.dev/test".into()),
+        operator: Some("Equal".into()),
+        value: Some(c.ns.clone()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }
+}
+
+/// A namespace of its own on the shared control plane, a nats-server and the operator binary
+/// (watching that namespace), torn down on drop; the control plane's state is printed when the
+/// test fails.
 struct Cluster {
     nats: NatsServer,
     client: Client,
@@ -28,8 +123,9 @@ struct Cluster {
     /// Port of the operator's /metrics.
     port: u16,
     dir: tempfile::TempDir,
-    /// The stand-in's store (its audit of what the operator asked).
-    store: qis_kube_standin::server::Shared,
+    /// This test's namespace.
+    ns: String,
+    _dump: DumpOnFailure<'static>,
 }
 
 impl Drop for Cluster {
@@ -39,41 +135,69 @@ impl Drop for Cluster {
     }
 }
 
+/// A namespace name no other test of this binary has.
+fn fresh_namespace() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("factory{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An admin client of the shared control plane.
+async fn admin_client() -> Client {
+    let cp = ControlPlane::shared();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(config).expect("client")
+}
+
 impl Cluster {
     async fn start() -> Cluster {
         let nats = NatsServer::start();
-        let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        let (addr, store) = qis_kube_standin::spawn(Some(&crds), true)
-            .await
-            .expect("stand-in");
+        let cp = ControlPlane::shared();
+        let ns = fresh_namespace();
+        cp.namespace(&ns, &[]);
+        operator_identity();
+        shared_nodes();
         let dir = tempfile::tempdir().expect("tmp");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, qis_kube_standin::kubeconfig(addr)).expect("kubeconfig");
-        let mut config = kube::Config::new(format!("http://{addr}").parse().expect("url"));
-        // The tests' own requests stay out of the stand-in's audit of the operator's.
-        config.headers.push((
-            axum::http::HeaderName::from_static(qis_kube_standin::server::UNAUDITED),
-            axum::http::HeaderValue::from_static("1"),
-        ));
-        let client = Client::try_from(config).expect("client");
+        let client = admin_client().await;
         let port = qis_testkit::free_port();
-        let operator = spawn_operator(dir.path(), &nats.url(), port, &[]);
+        let operator = spawn_operator(dir.path(), &ns, &nats.url(), port, &[]);
         Cluster {
             nats,
             client,
             operator,
             port,
             dir,
-            store,
+            _dump: DumpOnFailure {
+                cp,
+                namespace: ns.clone(),
+            },
+            ns,
         }
     }
 
     fn swarms(&self) -> Api<QisSwarm> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
     }
 
     fn subjects(&self) -> Api<QisSubject> {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// The stream of swarm `name` in this test's namespace.
+    fn stream(&self, name: &str) -> String {
+        qis_crds::addressing::stream_name(&self.ns, name)
+    }
+
+    /// The default subject prefix of swarm `name` in this test's namespace.
+    fn prefix(&self, name: &str) -> String {
+        qis_crds::addressing::default_prefix(&self.ns, name)
+    }
+
+    /// A cluster-scoped name (a Node) no other test uses.
+    fn node_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.ns)
     }
 
     /// Stops the operator (SIGKILL) and starts another with `extra` flags.
@@ -82,6 +206,7 @@ impl Cluster {
         let _ = self.operator.wait();
         self.operator = spawn_operator(
             self.dir.path(),
+            &self.ns,
             &self.nats.url(),
             qis_testkit::free_port(),
             extra,
@@ -95,11 +220,32 @@ impl Cluster {
     }
 }
 
-/// Starts the operator binary with the stand-in's kubeconfig in `dir`.
-fn spawn_operator(dir: &std::path::Path, nats_url: &str, port: u16, extra: &[&str]) -> Child {
+/// Starts the operator binary as its ServiceAccount, watching namespace `ns` (its Lease there
+/// too).
+fn spawn_operator(
+    dir: &std::path::Path,
+    ns: &str,
+    nats_url: &str,
+    port: u16,
+    extra: &[&str],
+) -> Child {
+    spawn_operator_as(&operator_identity().0, dir, ns, nats_url, port, extra)
+}
+
+/// [`spawn_operator`] as the identity of `kubeconfig`.
+fn spawn_operator_as(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    ns: &str,
+    nats_url: &str,
+    port: u16,
+    extra: &[&str],
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_qis-operator"))
-        .env("KUBECONFIG", dir.join("kubeconfig"))
+        .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "warn,qis_operator=info")
+        .env("QIS_WATCH_NAMESPACE", ns)
+        .env("POD_NAMESPACE", ns)
         .args([
             "--nats-url",
             nats_url,
@@ -229,11 +375,13 @@ fn subject(name: &str, swarm: &str, problem_class: &str) -> QisSubject {
     )
 }
 
+/// The durable consumers of `stream` (`<subject>_<site>`, the operator's), sorted; the
+/// agents' short-lived ordered consumers (window rebuilds, standby followers) left out.
 async fn consumer_names(js: &jetstream::Context, stream: &str) -> Vec<String> {
     let mut names: Vec<String> = match js.get_stream(stream).await {
         Ok(s) => {
             s.consumer_names()
-                .filter_map(|n| async move { n.ok() })
+                .filter_map(|n| async move { n.ok().filter(|n| n.contains('_')) })
                 .collect()
                 .await
         }
@@ -244,7 +392,7 @@ async fn consumer_names(js: &jetstream::Context, stream: &str) -> Vec<String> {
 }
 
 async fn events_with_reason(c: &Cluster, reason: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(c.client.clone(), NS)
+    Api::<Event>::namespaced(c.client.clone(), &c.ns)
         .list(&ListParams::default())
         .await
         .map(|l| {
@@ -264,7 +412,7 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    Api::<K>::namespaced(c.client.clone(), NS)
+    Api::<K>::namespaced(c.client.clone(), &c.ns)
         .get_opt(name)
         .await
         .expect("get")
@@ -315,14 +463,14 @@ async fn swarm_and_subject_become_ready() {
 
     let js = c.js().await;
     let info = js
-        .get_stream("qis_factory_plant")
+        .get_stream(&c.stream("plant"))
         .await
         .expect("stream")
         .cached_info()
         .clone();
     assert_eq!(info.config.subjects, ["qis.iot.>"]);
     assert_eq!(
-        consumer_names(&js, "qis_factory_plant").await,
+        consumer_names(&js, &c.stream("plant")).await,
         [
             "bearing-wear_hall-a",
             "bearing-wear_hall-b",
@@ -332,7 +480,7 @@ async fn swarm_and_subject_become_ready() {
     let consumer = js
         .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
             "bearing-wear_hall-a",
-            "qis_factory_plant",
+            &c.stream("plant"),
         )
         .await
         .expect("consumer");
@@ -341,7 +489,7 @@ async fn swarm_and_subject_become_ready() {
         "qis.iot.predictive-maintenance.bearing-wear"
     );
 
-    let deployments = Api::<Deployment>::namespaced(c.client.clone(), NS)
+    let deployments = Api::<Deployment>::namespaced(c.client.clone(), &c.ns)
         .list(&ListParams::default().labels("qis.dev/swarm=plant"))
         .await
         .expect("list");
@@ -395,8 +543,8 @@ async fn subject_waits_for_its_swarm() {
     );
 }
 
-/// Proves invalid input: a spec the schema cannot refuse is InvalidSpec naming the field; an
-/// object that does not even deserialize is reported too; neither stalls the valid swarm.
+/// Proves invalid input: a spec the schema cannot refuse is InvalidSpec naming the field and
+/// does not stall the valid swarm; an object of the wrong shape is refused by the API server.
 #[tokio::test]
 async fn invalid_specs_are_reported_and_do_not_stall_others() {
     let c = Cluster::start().await;
@@ -404,16 +552,22 @@ async fn invalid_specs_are_reported_and_do_not_stall_others() {
     let mut bad = swarm("bad", Some("qis.bad"), &[]);
     bad.spec.stream.duplicate_window = Duration::from_secs(3 * 86400).into();
     c.swarms().create(&pp, &bad).await.expect("create");
-    let unreadable = json!({"apiVersion": "qis.dev/v1alpha1", "kind": "QisSwarm", "metadata": {"name": "garbled", "namespace": NS},
+    // An object of the wrong shape never reaches the operator: the real API server refuses it
+    // against the CRD schema, naming the field.
+    let unreadable = json!({"apiVersion": "qis.dev/v1alpha1", "kind": "QisSwarm", "metadata": {"name": "garbled", "namespace": c.ns},
         "spec": {"stream": {"replicas": "three"}}});
-    Api::<kube::api::DynamicObject>::namespaced_with(
+    let refused = Api::<kube::api::DynamicObject>::namespaced_with(
         c.client.clone(),
-        NS,
+        &c.ns,
         &kube::api::ApiResource::erase::<QisSwarm>(&()),
     )
     .create(&pp, &serde_json::from_value(unreadable).expect("object"))
     .await
-    .expect("create garbled");
+    .expect_err("the schema refuses a string replica count");
+    assert!(
+        refused.to_string().contains("spec.stream.replicas"),
+        "{refused}"
+    );
     c.swarms()
         .create(&pp, &swarm("good", Some("qis.good"), &[]))
         .await
@@ -426,22 +580,9 @@ async fn invalid_specs_are_reported_and_do_not_stall_others() {
         .clone();
     assert!(msg.contains("spec.stream.duplicateWindow"), "{msg}");
     swarm_condition(&c, "good", "Ready", "True", None).await;
-    let raw = Api::<kube::api::DynamicObject>::namespaced_with(
-        c.client.clone(),
-        NS,
-        &kube::api::ApiResource::erase::<QisSwarm>(&()),
-    );
-    eventually("garbled swarm reported InvalidSpec", || {
-        let raw = raw.clone();
-        async move {
-            let o = raw.get("garbled").await.ok()?;
-            (o.data.pointer("/status/conditions/0/reason")? == "InvalidSpec").then_some(())
-        }
-    })
-    .await;
     let js = c.js().await;
     assert!(
-        js.get_stream("qis_factory_bad").await.is_err(),
+        js.get_stream(&c.stream("bad")).await.is_err(),
         "nothing made for an invalid spec"
     );
 }
@@ -458,7 +599,7 @@ async fn drifted_stream_is_put_back() {
     swarm_condition(&c, "plant", "Ready", "True", None).await;
     let js = c.js().await;
     let mut cfg = js
-        .get_stream("qis_factory_plant")
+        .get_stream(&c.stream("plant"))
         .await
         .expect("stream")
         .cached_info()
@@ -466,15 +607,11 @@ async fn drifted_stream_is_put_back() {
         .clone();
     cfg.max_bytes = 4096;
     js.update_stream(&cfg).await.expect("edit");
+    let stream = c.stream("plant");
     eventually("max_bytes reverted", || {
-        let js = js.clone();
+        let (js, stream) = (js.clone(), stream.clone());
         async move {
-            let info = js
-                .get_stream("qis_factory_plant")
-                .await
-                .ok()?
-                .cached_info()
-                .clone();
+            let info = js.get_stream(&stream).await.ok()?.cached_info().clone();
             (info.config.max_bytes == 50 * 1024 * 1024).then_some(())
         }
     })
@@ -501,14 +638,14 @@ async fn removed_site_loses_deployment_and_consumers() {
         .expect("subject");
     subject_condition(&c, "wear", "Ready", "True", None).await;
     let js = c.js().await;
-    assert_eq!(consumer_names(&js, "qis_factory_plant").await.len(), 3);
+    assert_eq!(consumer_names(&js, &c.stream("plant")).await.len(), 3);
 
     let patch = json!({"spec": {"sites": [{"name": "a"}, {"name": "b"}]}});
     c.swarms()
         .patch("plant", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("patch");
-    let deployments = Api::<Deployment>::namespaced(c.client.clone(), NS);
+    let deployments = Api::<Deployment>::namespaced(c.client.clone(), &c.ns);
     eventually("Deployment of site c deleted", || {
         let d = deployments.clone();
         async move {
@@ -520,13 +657,154 @@ async fn removed_site_loses_deployment_and_consumers() {
         }
     })
     .await;
+    let stream = c.stream("plant");
     eventually("consumer of site c deleted", || {
-        let js = js.clone();
-        async move {
-            (consumer_names(&js, "qis_factory_plant").await == ["wear_a", "wear_b"]).then_some(())
-        }
+        let (js, stream) = (js.clone(), stream.clone());
+        async move { (consumer_names(&js, &stream).await == ["wear_a", "wear_b"]).then_some(()) }
     })
     .await;
+}
+
+/// Proves one site's failure stays that site's: a ResourceQuota lets the namespace have three
+/// Deployments, so adding a fourth site is refused by the API server (403, exceeded quota).
+/// The swarm reports the site by name, keeps every site in its status, and no subject loses a
+/// consumer at that site or any other. (Before, the status was written without `sites`; under
+/// real server-side apply the field went and each subject deleted all its consumers.)
+#[tokio::test]
+async fn a_failed_site_deletes_no_consumers() {
+    let c = Cluster::start().await;
+    ControlPlane::shared().kubectl_stdin(
+        &["apply", "-n", &c.ns, "-f", "-"],
+        Some("apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: three-deployments}\nspec:\n  hard: {count/deployments.apps: \"3\"}\n"),
+    );
+    let pp = PostParams::default();
+    c.swarms()
+        .create(&pp, &swarm("plant", None, &["a", "b", "c"]))
+        .await
+        .expect("swarm");
+    c.subjects()
+        .create(&pp, &subject("wear", "plant", "bearing-wear"))
+        .await
+        .expect("subject");
+    let js = c.js().await;
+    let stream = c.stream("plant");
+    eventually("three consumers", || async {
+        (consumer_names(&js, &stream).await == ["wear_a", "wear_b", "wear_c"]).then_some(())
+    })
+    .await;
+    c.swarms()
+        .patch(
+            "plant",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"sites": [{"name": "a"}, {"name": "b"}, {"name": "c"}, {"name": "d"}]}})),
+        )
+        .await
+        .expect("a fourth site");
+    // Through three resyncs (2 s each) after the change, every consumer stays.
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < until {
+        let names = consumer_names(&js, &stream).await;
+        for site in ["a", "b", "c"] {
+            assert!(
+                names.contains(&format!("wear_{site}")),
+                "consumer at {site} kept: {names:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let st = eventually("AgentsReady names the failed site", || async {
+        let st = c.swarms().get("plant").await.ok()?.status?;
+        let cond = condition(&st.conditions, "AgentsReady")?;
+        (cond.status == "False" && cond.message.contains("site d")).then_some(st.clone())
+    })
+    .await;
+    let message = &condition(&st.conditions, "AgentsReady")
+        .expect("condition")
+        .message;
+    assert!(message.contains("exceeded quota"), "{message}");
+    assert_eq!(
+        st.sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c", "d"]
+    );
+    assert!(exists::<Deployment>(&c, "plant-agent-a").await);
+}
+
+/// Proves `spec.agent.env` naming a variable the operator sets is `InvalidSpec` naming the
+/// entry, and nothing is applied for it. (Before, every Deployment apply of the swarm failed on
+/// the real API server: the container's env is a list keyed by name.)
+#[tokio::test]
+async fn agent_env_naming_an_operator_variable_is_invalid() {
+    let c = Cluster::start().await;
+    let mut s = swarm("plant", None, &["a"]);
+    s.spec.agent.env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "QIS_SITE".into(),
+        value: Some("elsewhere".into()),
+        ..Default::default()
+    }];
+    c.swarms()
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("swarm");
+    let s = swarm_condition(&c, "plant", "Ready", "False", Some("InvalidSpec")).await;
+    let st = s.status.expect("status");
+    let message = &condition(&st.conditions, "Ready").expect("ready").message;
+    assert!(message.contains("spec.agent.env[0].name"), "{message}");
+    assert!(!exists::<Deployment>(&c, "plant-agent-a").await);
+}
+
+/// Proves an installation without node access (chart `siteDiscovery.enabled=false`: no Node
+/// rule in the ClusterRole, `--watch-nodes=false`) still runs a swarm that asks for discovery:
+/// its listed sites are deployed, the swarm says why no site is discovered, and the API server
+/// refuses the operator nothing. (Before, the operator listed Nodes anyway: 403, and no site
+/// of that swarm was deployed.)
+#[tokio::test]
+async fn discovery_asked_for_without_node_access_is_reported() {
+    let mut c = Cluster::start().await;
+    let cp = ControlPlane::shared();
+    let (kubeconfig, user) = cp.operator_identity(
+        "no-nodes",
+        "qis-no-nodes",
+        &["siteDiscovery.enabled=false"],
+        c.dir.path(),
+    );
+    let _ = c.operator.kill();
+    let _ = c.operator.wait();
+    c.operator = spawn_operator_as(
+        &kubeconfig,
+        c.dir.path(),
+        &c.ns,
+        &c.nats.url(),
+        qis_testkit::free_port(),
+        &["--watch-nodes=false"],
+    );
+    let mut s = swarm("plant", None, &["a"]);
+    s.spec.site_discovery = Some(qis_crds::SiteDiscovery {
+        node_label: "qis.dev/site".into(),
+        replicas: 1,
+        tolerations: vec![],
+    });
+    c.swarms()
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("swarm");
+    swarm_condition(
+        &c,
+        "plant",
+        "AgentsReady",
+        "False",
+        Some("SiteDiscoveryDisabled"),
+    )
+    .await;
+    assert!(exists::<Deployment>(&c, "plant-agent-a").await);
+    // The log is written in order: once it has the Deployment's apply, it has what came before.
+    eventually("the apply in the audit log", || async {
+        cp.audited_calls(&user)
+            .contains(&("apps".into(), "deployments".into(), "patch".into()))
+            .then_some(())
+    })
+    .await;
+    let forbidden = cp.forbidden_calls(&user);
+    assert!(forbidden.is_empty(), "{forbidden:?}");
 }
 
 /// Proves overlapping subject spaces: the later swarm gets ResourceConflict and no agents;
@@ -549,8 +827,8 @@ async fn overlapping_swarm_conflicts() {
         .expect("ready")
         .message
         .clone();
-    assert!(msg.contains("qis_factory_first"), "{msg}");
-    let d = Api::<Deployment>::namespaced(c.client.clone(), NS)
+    assert!(msg.contains(&c.stream("first")), "{msg}");
+    let d = Api::<Deployment>::namespaced(c.client.clone(), &c.ns)
         .list(&ListParams::default().labels("qis.dev/swarm=second"))
         .await
         .expect("list");
@@ -569,7 +847,7 @@ async fn unsupported_change_is_reported() {
         .expect("swarm");
     swarm_condition(&c, "plant", "Ready", "True", None).await;
     let js = c.js().await;
-    js.publish("qis.factory.plant.x.y", "{}".into())
+    js.publish(format!("{}.x.y", c.prefix("plant")), "{}".into())
         .await
         .expect("publish")
         .await
@@ -581,7 +859,7 @@ async fn unsupported_change_is_reported() {
         .expect("patch");
     swarm_condition(&c, "plant", "StreamReady", "False", Some("NotSupported")).await;
     let info = js
-        .get_stream("qis_factory_plant")
+        .get_stream(&c.stream("plant"))
         .await
         .expect("still there")
         .cached_info()
@@ -610,7 +888,7 @@ async fn deletion_policies() {
     subject_condition(&c, "wear", "Ready", "True", None).await;
     let js = c.js().await;
     assert_eq!(
-        consumer_names(&js, "qis_factory_gone").await,
+        consumer_names(&js, &c.stream("gone")).await,
         ["wear_default"]
     );
 
@@ -627,7 +905,7 @@ async fn deletion_policies() {
             .then_some(())
     })
     .await;
-    assert!(consumer_names(&js, "qis_factory_gone").await.is_empty());
+    assert!(consumer_names(&js, &c.stream("gone")).await.is_empty());
 
     for name in ["kept", "gone"] {
         c.swarms()
@@ -646,18 +924,78 @@ async fn deletion_policies() {
     })
     .await;
     assert!(
-        js.get_stream("qis_factory_gone").await.is_err(),
+        js.get_stream(&c.stream("gone")).await.is_err(),
         "deletionPolicy delete removes the stream"
     );
     assert!(
-        js.get_stream("qis_factory_kept").await.is_ok(),
+        js.get_stream(&c.stream("kept")).await.is_ok(),
         "deletionPolicy retain keeps it"
     );
-    let d = Api::<Deployment>::namespaced(c.client.clone(), NS)
-        .list(&ListParams::default())
+    // The garbage collector takes the Deployments (background deletion: after the owner). It
+    // learns new kinds (the CRDs) at its discovery resync, every 30 s: allow for that.
+    qis_testkit::eventually("Deployments go with their owner", GC_WAIT, || async {
+        Api::<Deployment>::namespaced(c.client.clone(), &c.ns)
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
+/// Proves foreground deletion as the real garbage collector does it: the swarm stays (with
+/// `foregroundDeletion`) until its Deployments, ServiceAccount, Role and RoleBinding are gone,
+/// the operator removes the stream and its finalizer meanwhile and re-creates nothing, and
+/// then the swarm goes.
+#[tokio::test]
+async fn foreground_deletion_takes_the_children_first() {
+    let c = Cluster::start().await;
+    let pp = PostParams::default();
+    c.swarms()
+        .create(&pp, &swarm("plant", Some("qis.iot"), &["a", "b"]))
         .await
-        .expect("list");
-    assert!(d.items.is_empty(), "Deployments go with their owner");
+        .expect("swarm");
+    swarm_condition(&c, "plant", "StreamReady", "True", None).await;
+    eventually("both Deployments", || async {
+        (exists::<Deployment>(&c, "plant-agent-a").await
+            && exists::<Deployment>(&c, "plant-agent-b").await)
+            .then_some(())
+    })
+    .await;
+    c.swarms()
+        .delete("plant", &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    qis_testkit::eventually("the swarm gone after its children", GC_WAIT, || async {
+        (!exists::<QisSwarm>(&c, "plant").await).then_some(())
+    })
+    .await;
+    for d in ["plant-agent-a", "plant-agent-b"] {
+        let live = Api::<Deployment>::namespaced(c.client.clone(), &c.ns)
+            .get_opt(d)
+            .await
+            .expect("get");
+        assert!(
+            live.is_none(),
+            "{d} taken first: {:?}",
+            live.map(|l| (
+                l.metadata.deletion_timestamp,
+                l.metadata.finalizers,
+                l.metadata.owner_references
+            ))
+        );
+    }
+    let account = qis_operator::workload::agent_account_name("plant");
+    assert!(!exists::<ServiceAccount>(&c, &account).await);
+    assert!(!exists::<Role>(&c, &account).await);
+    assert!(!exists::<RoleBinding>(&c, &account).await);
+    let js = c.js().await;
+    assert!(
+        js.get_stream(&c.stream("plant")).await.is_err(),
+        "stream removed"
+    );
 }
 
 /// Proves NATS unreachable: conditions say NatsUnavailable and nothing is deleted; when NATS
@@ -673,7 +1011,7 @@ async fn nats_outage() {
     swarm_condition(&c, "plant", "Ready", "True", None).await;
     c.nats.kill();
     swarm_condition(&c, "plant", "StreamReady", "False", Some("NatsUnavailable")).await;
-    let d = Api::<Deployment>::namespaced(c.client.clone(), NS);
+    let d = Api::<Deployment>::namespaced(c.client.clone(), &c.ns);
     assert!(
         d.get_opt("plant-agent-a").await.expect("get").is_some(),
         "agents stay while NATS is away"
@@ -698,19 +1036,8 @@ async fn nats_outage() {
     assert!(!events_with_reason(&c, "CleanupAbandoned").await.is_empty());
 }
 
-/// `kubectl` from the project's tools (1.35), or the one on PATH.
-fn kubectl() -> std::path::PathBuf {
-    let local = qis_testkit::workspace_root().join(".tools/bin/kubectl");
-    if local.exists() {
-        local
-    } else {
-        "kubectl".into()
-    }
-}
-
 /// Proves the user's path: `kubectl apply -f` of a swarm and a subject, then `kubectl get qsub`
 /// shows the address column and the swarm reports Ready, through the printer columns.
-// Multi-threaded: kubectl blocks a thread while the in-process stand-in serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_and_get() {
     let c = Cluster::start().await;
@@ -718,13 +1045,13 @@ async fn kubectl_apply_and_get() {
     let manifest = dir.path().join("swarm.yaml");
     std::fs::write(
         &manifest,
-        "apiVersion: qis.dev/v1alpha1\nkind: QisSwarm\nmetadata: {name: campus, namespace: factory}\nspec:\n  subjectPrefix: qis.campus\n  sites: [{name: north}, {name: south}]\n---\napiVersion: qis.dev/v1alpha1\nkind: QisSubject\nmetadata: {name: hvac-energy, namespace: factory}\nspec:\n  swarmRef: {name: campus}\n  domain: hvac\n  problemClass: energy-anomaly\n",
+        format!("apiVersion: qis.dev/v1alpha1\nkind: QisSwarm\nmetadata: {{name: campus, namespace: {ns}}}\nspec:\n  subjectPrefix: qis.campus\n  sites: [{{name: north}}, {{name: south}}]\n---\napiVersion: qis.dev/v1alpha1\nkind: QisSubject\nmetadata: {{name: hvac-energy, namespace: {ns}}}\nspec:\n  swarmRef: {{name: campus}}\n  domain: hvac\n  problemClass: energy-anomaly\n", ns = c.ns),
     )
     .expect("manifest");
-    let kubeconfig = c.dir.path().join("kubeconfig");
+    let kubeconfig = &ControlPlane::shared().kubeconfig;
     let run = |args: &[&str]| {
-        let out = Command::new(kubectl())
-            .env("KUBECONFIG", &kubeconfig)
+        let out = Command::new(qis_testkit::controlplane::tool("kubectl"))
+            .env("KUBECONFIG", kubeconfig)
             .args(args)
             .output()
             .expect("kubectl runs");
@@ -735,18 +1062,13 @@ async fn kubectl_apply_and_get() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let applied = run(&[
-        "apply",
-        "--validate=false",
-        "-f",
-        manifest.to_str().expect("utf8"),
-    ]);
+    let applied = run(&["apply", "-f", manifest.to_str().expect("utf8")]);
     assert!(
         applied.contains("qisswarm.qis.dev/campus created"),
         "{applied}"
     );
     subject_condition(&c, "hvac-energy", "Ready", "True", None).await;
-    let table = run(&["get", "qsub", "-n", NS]);
+    let table = run(&["get", "qsub", "-n", &c.ns]);
     let header: Vec<&str> = table
         .lines()
         .next()
@@ -766,19 +1088,15 @@ async fn kubectl_apply_and_get() {
         ]
     );
     assert!(table.contains("qis.campus.hvac.energy-anomaly"), "{table}");
-    let swarms = run(&["get", "qsw", "-n", NS]);
+    swarm_condition(&c, "campus", "Ready", "True", None).await;
+    let swarms = run(&["get", "qsw", "-n", &c.ns]);
     assert!(
         swarms
             .lines()
             .nth(1)
-            .is_some_and(|l| l.contains("True") && l.contains("qis_factory_campus")),
+            .is_some_and(|l| l.contains("True") && l.contains(&c.stream("campus"))),
         "{swarms}"
     );
-}
-
-fn node(name: &str, site: Option<&str>) -> k8s_openapi::api::core::v1::Node {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": site.map(|s| json!({"qis.dev/site": s})).unwrap_or(json!({}))}}))
-        .expect("node")
 }
 
 /// Proves site discovery: one Deployment per distinct `qis.dev/site` value, pinned to those
@@ -788,19 +1106,21 @@ async fn sites_are_discovered_from_node_labels() {
     let c = Cluster::start().await;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
     let pp = PostParams::default();
-    for (n, s) in [
-        ("edge-1", Some("hall-a")),
-        ("edge-2", Some("hall-a")),
-        ("edge-3", Some("hall-b")),
-        ("core-1", None),
-    ] {
-        nodes.create(&pp, &node(n, s)).await.expect("node");
-    }
+    let _nodes = own_nodes(
+        &c,
+        &[
+            ("edge-1", &["qis.dev/site=hall-a"]),
+            ("edge-2", &["qis.dev/site=hall-a"]),
+            ("edge-3", &["qis.dev/site=hall-b"]),
+            ("core-1", &[]),
+        ],
+    )
+    .await;
     let mut s = swarm("plant", None, &[]);
     s.spec.site_discovery = Some(qis_crds::SiteDiscovery {
         node_label: "qis.dev/site".into(),
         replicas: 1,
-        tolerations: vec![],
+        tolerations: vec![test_toleration(&c)],
     });
     c.swarms().create(&pp, &s).await.expect("swarm");
     let ready = swarm_condition(&c, "plant", "Ready", "True", None).await;
@@ -812,7 +1132,7 @@ async fn sites_are_discovered_from_node_labels() {
         .map(|s| s.name)
         .collect();
     assert_eq!(sites, ["hall-a", "hall-b"]);
-    let d = Api::<Deployment>::namespaced(c.client.clone(), NS)
+    let d = Api::<Deployment>::namespaced(c.client.clone(), &c.ns)
         .get("plant-agent-hall-b")
         .await
         .expect("deployment");
@@ -831,14 +1151,14 @@ async fn sites_are_discovered_from_node_labels() {
 
     nodes
         .patch(
-            "core-1",
+            &c.node_name("core-1"),
             &PatchParams::default(),
             &Patch::Merge(json!({"metadata": {"labels": {"qis.dev/site": "hall-c"}}})),
         )
         .await
         .expect("label");
     eventually("site hall-c discovered", || async {
-        Api::<Deployment>::namespaced(c.client.clone(), NS)
+        Api::<Deployment>::namespaced(c.client.clone(), &c.ns)
             .get_opt("plant-agent-hall-c")
             .await
             .ok()?
@@ -859,7 +1179,7 @@ async fn stream_state_is_refreshed() {
     swarm_condition(&c, "plant", "Ready", "True", None).await;
     let js = c.js().await;
     for i in 0..5 {
-        js.publish(format!("qis.factory.plant.hvac.x{i}"), "{}".into())
+        js.publish(format!("{}.hvac.x{i}", c.prefix("plant")), "{}".into())
             .await
             .expect("publish")
             .await
@@ -886,7 +1206,7 @@ async fn credentials_come_from_a_secret_and_follow_its_changes() {
     )
     .expect("conf");
     let secured = NatsServer::start_with_config(Some(conf));
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.client.clone(), NS);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.client.clone(), &c.ns);
     let secret = |pass: &str| -> k8s_openapi::api::core::v1::Secret {
         serde_json::from_value(json!({"metadata": {"name": "nats-auth"}, "data": {
             "user": k8s_openapi::ByteString(b"alice".to_vec()), "pass": k8s_openapi::ByteString(pass.as_bytes().to_vec())}}))
@@ -939,7 +1259,7 @@ async fn credentials_come_from_a_secret_and_follow_its_changes() {
             .expect("connect");
     assert!(
         jetstream::new(client)
-            .get_stream("qis_factory_secure")
+            .get_stream(&c.stream("secure"))
             .await
             .is_ok(),
         "stream made with the Secret's credentials"
@@ -955,19 +1275,11 @@ async fn one_leader_acts_and_a_standby_takes_over() {
     let _ = c.operator.kill();
     let _ = c.operator.wait();
     let (pa, pb) = (qis_testkit::free_port(), qis_testkit::free_port());
-    let lease_args = |name: &'static str| {
-        [
-            "--leader-elect",
-            "--lease-namespace",
-            "qis-system",
-            "--pod-name",
-            name,
-        ]
-    };
-    let mut a = spawn_operator(c.dir.path(), &c.nats.url(), pa, &lease_args("op-a"));
-    let mut b = spawn_operator(c.dir.path(), &c.nats.url(), pb, &lease_args("op-b"));
+    let lease_args = |name: &'static str| ["--leader-elect", "--pod-name", name];
+    let mut a = spawn_operator(c.dir.path(), &c.ns, &c.nats.url(), pa, &lease_args("op-a"));
+    let mut b = spawn_operator(c.dir.path(), &c.ns, &c.nats.url(), pb, &lease_args("op-b"));
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(c.client.clone(), "qis-system");
+        Api::namespaced(c.client.clone(), &c.ns);
     let holder = eventually("a leader", || async {
         let l = leases.get_opt("qis-operator").await.ok()??;
         l.spec?.holder_identity
@@ -978,11 +1290,13 @@ async fn one_leader_acts_and_a_standby_takes_over() {
         (http_status(leader_port, "/readyz") == Some(200)).then_some(())
     })
     .await;
-    assert_eq!(
-        http_status(standby_port, "/readyz"),
-        Some(503),
-        "the standby does not act"
-    );
+    // The standby is ready too (a rolling update of two replicas completes) and does not act.
+    eventually("standby ready", || async {
+        (http_status(standby_port, "/readyz") == Some(200)).then_some(())
+    })
+    .await;
+    assert_eq!(metric(standby_port, "qis_operator_leader"), Some(0.0));
+    assert_eq!(metric(leader_port, "qis_operator_leader"), Some(1.0));
     c.swarms()
         .create(&PostParams::default(), &swarm("plant", None, &[]))
         .await
@@ -1001,8 +1315,8 @@ async fn one_leader_acts_and_a_standby_takes_over() {
         (l.spec?.holder_identity? == survivor).then_some(())
     })
     .await;
-    eventually("the new leader is ready", || async {
-        (http_status(standby_port, "/readyz") == Some(200)).then_some(())
+    eventually("the standby leads", || async {
+        (metric(standby_port, "qis_operator_leader") == Some(1.0)).then_some(())
     })
     .await;
     c.swarms()
@@ -1085,7 +1399,7 @@ async fn operator_killed_mid_reconcile_converges_without_orphans() {
         .flat_map(|i| ["a", "b"].map(|s| format!("s{i:03}_{s}")))
         .collect();
     want.sort();
-    assert_eq!(consumer_names(&js, "qis_factory_plant").await, want);
+    assert_eq!(consumer_names(&js, &c.stream("plant")).await, want);
     for i in 0..100 {
         c.subjects()
             .delete(&format!("s{i:03}"), &DeleteParams::default())
@@ -1098,7 +1412,7 @@ async fn operator_killed_mid_reconcile_converges_without_orphans() {
         .cloned()
         .collect();
     eventually("exactly the remaining subjects' consumers", || async {
-        (consumer_names(&js, "qis_factory_plant").await == rest).then_some(())
+        (consumer_names(&js, &c.stream("plant")).await == rest).then_some(())
     })
     .await;
 }
@@ -1195,7 +1509,7 @@ async fn tls_with_a_self_signed_ca() {
     let secured = NatsServer::start_with_config(Some(conf));
     let other = tempfile::tempdir().expect("tmp");
     let (wrong_ca, _, _) = make_certs(other.path());
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.client.clone(), NS);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c.client.clone(), &c.ns);
     for (name, pem) in [("nats-ca", &ca), ("wrong-ca", &wrong_ca)] {
         let data = std::fs::read(pem).expect("pem");
         let s = serde_json::from_value(
@@ -1234,18 +1548,70 @@ async fn tls_with_a_self_signed_ca() {
 }
 
 /// Sum of the operator's `qis_operator_api_writes_total` series.
-fn api_writes(port: u16) -> Option<f64> {
+/// The value of the operator's metric `name` (summed over its labels).
+fn metric(port: u16, name: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    Some(
-        out.lines()
-            .filter(|l| l.starts_with("qis_operator_api_writes_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+    let values: Vec<f64> = out
+        .lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+fn api_writes(port: u16) -> Option<f64> {
+    metric(port, "qis_operator_api_writes_total").or(Some(0.0))
+}
+
+/// Proves traffic does not make the operator write continuously: while packets flow into the
+/// stream (its counters in the swarm's status change with each one), the status is written at
+/// most about once per resync (2 s here), not once per status write that re-triggered the
+/// reconcile (what the operator did before: a write, a watch event, a reconcile, new counters,
+/// a write …). Bounded: 240 packets over 12 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_does_not_make_the_operator_write_continuously() {
+    let c = Cluster::start().await;
+    c.swarms()
+        .create(
+            &PostParams::default(),
+            &swarm("plant", Some("qis.iot"), &["a"]),
+        )
+        .await
+        .expect("swarm");
+    swarm_condition(&c, "plant", "StreamReady", "True", None).await;
+    let js = c.js().await;
+    let before = api_writes(c.port).expect("metrics");
+    let started = tokio::time::Instant::now();
+    for i in 0..240u32 {
+        js.publish("qis.iot.hvac.energy-anomaly", format!("packet {i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+        tokio::time::sleep_until(started + Duration::from_millis(50) * (i + 1)).await;
+    }
+    let window = started.elapsed().as_secs_f64();
+    let writes = api_writes(c.port).expect("metrics") - before;
+    let bound = (window / 2.0).ceil() + 3.0;
+    assert!(
+        writes <= bound,
+        "{writes} writes in {window:.1} s of traffic (at most {bound}: one per resync)"
+    );
+    let st = c
+        .swarms()
+        .get("plant")
+        .await
+        .expect("swarm")
+        .status
+        .expect("status");
+    assert!(
+        st.stream.expect("stream status").messages > 0,
+        "the counters are still refreshed"
+    );
 }
 
 /// Proves a steady swarm costs no writes: after it is Ready, three resyncs (drift checks of
@@ -1285,7 +1651,7 @@ async fn steady_state_makes_no_writes() {
     assert!(before > 0.0, "the first reconciles wrote");
     assert_eq!(after, before, "no writes at steady state");
     // A child edited behind the operator's back is still put back.
-    let d: Api<Deployment> = Api::namespaced(c.client.clone(), NS);
+    let d: Api<Deployment> = Api::namespaced(c.client.clone(), &c.ns);
     d.patch(
         "plant-agent-a",
         &PatchParams::default(),
@@ -1300,34 +1666,37 @@ async fn steady_state_makes_no_writes() {
 }
 
 /// Proves the operator's RBAC (`operator/src/rbac.rs`, which the chart and kustomize must
-/// equal, see `manifests.rs`) is what its code calls: the stand-in records every request of
-/// the operator as an authorizer sees it (group, resource, verb; an apply that creates needs
-/// `create`) while the operator runs everything it does — leader election, NATS credentials
-/// from a Secret, explicit and discovered sites, a removed site, subjects, a drifted stream
-/// reverted twice (a repeated event), deletion. Every call must be granted, and every grant
-/// must be called or be one the agents' Role needs (a Role can only grant what its creator
-/// holds).
+/// equal, see `manifests.rs`) is what its code calls. The operator runs as its own
+/// ServiceAccount (a release of its own, so the audit is of this test alone) under the
+/// ClusterRole `helm template` renders, and the real API server enforces it, while the operator
+/// does everything it does: leader election, NATS credentials from a Secret, explicit and
+/// discovered sites, a removed site, subjects, a drifted stream reverted twice (a repeated
+/// event), deletion. Nothing may be forbidden, and, from the API server's audit log, every
+/// grant must be called or be one the agents' Role needs (a Role can only grant what its
+/// creator holds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_is_what_the_operator_calls() {
     use qis_operator::rbac::{CLUSTER_RULES, NODE_RULE, SECRET_RULE, grants, policy_grants};
     let mut c = Cluster::start().await;
-    c.restart_operator(&[
-        "--leader-elect",
-        "--lease-namespace",
-        NS,
-        "--pod-name",
-        "op-0",
-    ]);
+    let cp = ControlPlane::shared();
+    let (kubeconfig, user) = cp.operator_identity("rbac-audit", "qis-rbac", &[], c.dir.path());
+    let _ = c.operator.kill();
+    let _ = c.operator.wait();
+    c.operator = spawn_operator_as(
+        &kubeconfig,
+        c.dir.path(),
+        &c.ns,
+        &c.nats.url(),
+        qis_testkit::free_port(),
+        &["--leader-elect", "--pod-name", "op-0"],
+    );
     let pp = PostParams::default();
-    Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
-        .create(&pp, &node("edge-1", Some("hall-a")))
-        .await
-        .expect("node");
+    let _nodes = own_nodes(&c, &[("edge-1", &["qis.dev/site=hall-a"])]).await;
     let secret = serde_json::from_value(
         json!({"metadata": {"name": "nats-token"}, "stringData": {"token": "t0ken"}}),
     )
     .expect("secret");
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), NS)
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(c.client.clone(), &c.ns)
         .create(&pp, &secret)
         .await
         .expect("secret");
@@ -1350,7 +1719,7 @@ async fn rbac_is_what_the_operator_calls() {
     campus.spec.site_discovery = Some(qis_crds::SiteDiscovery {
         node_label: "qis.dev/site".into(),
         replicas: 1,
-        tolerations: vec![],
+        tolerations: vec![test_toleration(&c)],
     });
     c.swarms().create(&pp, &campus).await.expect("swarm");
     c.subjects()
@@ -1381,7 +1750,7 @@ async fn rbac_is_what_the_operator_calls() {
     let js = c.js().await;
     for _ in 0..2 {
         let mut live = js
-            .get_stream("qis_factory_plant")
+            .get_stream(&c.stream("plant"))
             .await
             .expect("stream")
             .cached_info()
@@ -1390,7 +1759,7 @@ async fn rbac_is_what_the_operator_calls() {
         live.max_bytes = 1024 * 1024;
         js.update_stream(&live).await.expect("drift");
         eventually("the drift reverted", || async {
-            let info = js.get_stream("qis_factory_plant").await.ok()?;
+            let info = js.get_stream(&c.stream("plant")).await.ok()?;
             (info.cached_info().config.max_bytes != 1024 * 1024).then_some(())
         })
         .await;
@@ -1411,12 +1780,26 @@ async fn rbac_is_what_the_operator_calls() {
     })
     .await;
 
-    let called = c
-        .store
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .audit
-        .clone();
+    let forbidden = cp.forbidden_calls(&user);
+    assert!(
+        forbidden.is_empty(),
+        "the API server refused the operator: {forbidden:?}"
+    );
+    // The log is written in batches, in order: once it has the test's last request (the
+    // admin's GET of the deleted swarm, 404), it has everything the operator did before.
+    eventually("the audit log caught up with the deletion", || async {
+        cp.audit_events()
+            .iter()
+            .any(|e| {
+                e["user"]["username"] == "qis-test-admin"
+                    && e["objectRef"]["name"] == "plant"
+                    && e["objectRef"]["namespace"] == c.ns.as_str()
+                    && e["responseStatus"]["code"] == 404
+            })
+            .then_some(())
+    })
+    .await;
+    let called = cp.audited_calls(&user);
     let mut granted = grants(CLUSTER_RULES);
     granted.extend(grants(&[SECRET_RULE, NODE_RULE]));
     let ungranted: Vec<_> = called.difference(&granted).collect();
@@ -1425,9 +1808,16 @@ async fn rbac_is_what_the_operator_calls() {
         "the operator calls what its RBAC does not grant: {ungranted:?}"
     );
     let agents = policy_grants(&qis_operator::workload::agent_rules());
+    // Authorized by admission, never requested: OwnerReferencesPermissionEnforcement (on in the
+    // control plane) checks it on every child whose owner reference blocks deletion.
+    let by_admission = (
+        "qis.dev".to_owned(),
+        "qisswarms/finalizers".to_owned(),
+        "update".to_owned(),
+    );
     let unused: Vec<_> = granted
         .iter()
-        .filter(|g| !called.contains(*g) && !agents.contains(*g))
+        .filter(|g| !called.contains(*g) && !agents.contains(*g) && **g != by_admission)
         .collect();
     assert!(
         unused.is_empty(),

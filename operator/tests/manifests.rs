@@ -130,6 +130,10 @@ fn chart_renders_valid_objects() {
     ]);
     validate(&edge);
     assert!(
+        edge.contains("nats://qis-qis-operator-nats.qis-system.svc:4222"),
+        "the bundled NATS URL names its namespace: agents resolve it from the swarms' namespaces"
+    );
+    assert!(
         edge.contains("--leader-elect"),
         "two replicas elect a leader"
     );

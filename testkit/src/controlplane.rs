@@ -7,6 +7,7 @@
 //! when the test process exits: `up` watches its standard input, which only this process holds.
 //! Tools: `kubectl` and `helm` from `.tools/bin` (installed by `scripts/install-tools.sh`).
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -24,6 +25,8 @@ pub struct ControlPlane {
     pub server: String,
     /// The CA of the API server's serving certificate.
     pub ca: PathBuf,
+    /// The API server's audit log (every request, Metadata level, JSON lines).
+    pub audit_log: PathBuf,
     _process: Mutex<(Child, ChildStdin)>,
     _tmp: tempfile::TempDir,
 }
@@ -32,6 +35,8 @@ pub struct ControlPlane {
 #[derive(Debug, serde::Deserialize)]
 struct Ready {
     kubeconfig: PathBuf,
+    #[serde(rename = "auditLog")]
+    audit_log: PathBuf,
     server: String,
     ca: PathBuf,
 }
@@ -102,6 +107,7 @@ impl ControlPlane {
             kubeconfig: ready.kubeconfig,
             server: ready.server,
             ca: ready.ca,
+            audit_log: ready.audit_log,
             _process: Mutex::new((child, stdin)),
             _tmp: tmp,
         };
@@ -169,15 +175,22 @@ impl ControlPlane {
         }
     }
 
-    /// Installs the operator's identity exactly as `helm template` renders it (ServiceAccount,
-    /// ClusterRole, ClusterRoleBinding in `namespace`, with the chart values `sets`) and writes
-    /// a kubeconfig in `dir` that authenticates as that ServiceAccount with a token from the
-    /// TokenRequest API. Returns the kubeconfig's path.
-    pub fn operator_identity(&self, namespace: &str, sets: &[&str], dir: &Path) -> PathBuf {
+    /// Installs the operator's identity exactly as `helm template` renders it for `release`
+    /// (ServiceAccount, ClusterRole, ClusterRoleBinding in `namespace`, with the chart values
+    /// `sets`) and writes a kubeconfig in `dir` that authenticates as that ServiceAccount with
+    /// a token from the TokenRequest API. Returns the kubeconfig's path and the user name the
+    /// API server sees (`system:serviceaccount:<namespace>:<name>`).
+    pub fn operator_identity(
+        &self,
+        release: &str,
+        namespace: &str,
+        sets: &[&str],
+        dir: &Path,
+    ) -> (PathBuf, String) {
         let _ = self.try_kubectl(&["create", "namespace", namespace], None);
         let chart = crate::workspace_root().join("charts/qis-operator");
         let mut helm = Command::new(tool("helm"));
-        helm.args(["template", "qis-operator"])
+        helm.args(["template", release])
             .arg(&chart)
             .args(["-n", namespace])
             .args([
@@ -191,17 +204,86 @@ impl ControlPlane {
         }
         let rendered = run_with_input(&mut helm, None).expect("helm template");
         self.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&rendered));
+        let account = self.kubectl(&[
+            "get",
+            "serviceaccounts",
+            "-n",
+            namespace,
+            "-l",
+            &format!("app.kubernetes.io/instance={release}"),
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ]);
         let token = self.kubectl(&[
             "create",
             "token",
-            "qis-operator",
+            &account,
             "-n",
             namespace,
             "--duration=24h",
         ]);
-        let path = dir.join(format!("operator-{namespace}.kubeconfig"));
+        let path = dir.join(format!("{release}-{namespace}.kubeconfig"));
         std::fs::write(&path, self.kubeconfig_for(token.trim(), namespace)).expect("kubeconfig");
-        path
+        (path, format!("system:serviceaccount:{namespace}:{account}"))
+    }
+
+    /// What `user` asked of the API server, as the authorizer sees it: (API group, resource
+    /// with its subresource, verb), from the audit log. A server-side apply that created its
+    /// object (201) counts as `create` too: the server authorizes both.
+    pub fn audited_calls(&self, user: &str) -> BTreeSet<(String, String, String)> {
+        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        let mut out = BTreeSet::new();
+        for line in text.lines() {
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            // A watch still open has only its ResponseStarted event.
+            if e["user"]["username"] != user
+                || !(e["stage"] == "ResponseComplete" || e["stage"] == "ResponseStarted")
+            {
+                continue;
+            }
+            let Some(resource) = e["objectRef"]["resource"].as_str() else {
+                continue;
+            };
+            let resource = match e["objectRef"]["subresource"].as_str() {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.to_owned(),
+            };
+            let group = e["objectRef"]["apiGroup"].as_str().unwrap_or("").to_owned();
+            let verb = e["verb"].as_str().unwrap_or("").to_owned();
+            if verb == "patch" && e["responseStatus"]["code"] == 201 {
+                out.insert((group.clone(), resource.clone(), "create".to_owned()));
+            }
+            out.insert((group, resource, verb));
+        }
+        out
+    }
+
+    /// Every event of the audit log so far (JSON).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Requests of `user` the API server refused as forbidden (403), as "verb group/resource".
+    pub fn forbidden_calls(&self, user: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["user"]["username"] == user && e["responseStatus"]["code"] == 403)
+            .map(|e| {
+                format!(
+                    "{} {}/{} {}",
+                    e["verb"].as_str().unwrap_or(""),
+                    e["objectRef"]["apiGroup"].as_str().unwrap_or(""),
+                    e["objectRef"]["resource"].as_str().unwrap_or(""),
+                    e["objectRef"]["subresource"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
     }
 
     /// A kubeconfig for this server authenticating with `token`.

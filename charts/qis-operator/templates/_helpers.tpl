@@ -12,5 +12,5 @@ app.kubernetes.io/name: {{ include "qis.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- define "qis.natsUrl" -}}
-{{- if .Values.nats.bundled.enabled -}}nats://{{ include "qis.fullname" . }}-nats:4222{{- else -}}{{ .Values.nats.url }}{{- end -}}
+{{- if .Values.nats.bundled.enabled -}}nats://{{ include "qis.fullname" . }}-nats.{{ .Release.Namespace }}.svc:4222{{- else -}}{{ .Values.nats.url }}{{- end -}}
 {{- end -}}
