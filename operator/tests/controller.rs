@@ -1268,7 +1268,7 @@ async fn credentials_come_from_a_secret_and_follow_its_changes() {
 
 /// Proves leader election: of two replicas with `--leader-elect`, exactly one is ready and
 /// holds the Lease; when it dies, the other takes the lease over and acts.
-// Multi-threaded: the probes block a thread while the in-process stand-in serves.
+// Multi-threaded: the probes block a thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_acts_and_a_standby_takes_over() {
     let mut c = Cluster::start().await;
@@ -1336,7 +1336,7 @@ async fn one_leader_acts_and_a_standby_takes_over() {
 /// Proves an operator killed in the middle of reconciling 200 subjects converges after a
 /// restart, with exactly the consumers the subjects ask for (none orphaned, none missing), and
 /// that deleting half the subjects leaves exactly the other half's consumers.
-// Multi-threaded: 200 subjects keep the in-process stand-in busy.
+// Multi-threaded: 200 subjects keep the client busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_mid_reconcile_converges_without_orphans() {
     let mut c = Cluster::start().await;
@@ -1616,7 +1616,7 @@ async fn traffic_does_not_make_the_operator_write_continuously() {
 
 /// Proves a steady swarm costs no writes: after it is Ready, three resyncs (drift checks of
 /// the stream, consumers, Deployments and RBAC) write nothing to the API server.
-// Multi-threaded: the metrics probe blocks a thread while the in-process stand-in serves.
+// Multi-threaded: the metrics probe blocks a thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_state_makes_no_writes() {
     let c = Cluster::start().await;

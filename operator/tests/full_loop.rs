@@ -1,13 +1,16 @@
-//! The whole loop on one machine: the stand-in API server with its stand-in kubelet running
-//! the agent Deployments as real `qis-agent` processes, a real nats-server, and the real
-//! operator. Sites deposit outcomes; the agents converge; one agent writes the consensus into
-//! the QisSubject status; when it dies, another takes over.
+//! The whole loop on one machine: the real control plane (`qis_testkit::controlplane`), the
+//! node agent running the agent Deployments' pods as real `qis-agent` processes under their
+//! ServiceAccounts, a real nats-server, and the real operator under the RBAC the chart renders.
+//! Sites deposit outcomes through the agents' intake; the agents converge; one agent writes the
+//! consensus into the QisSubject status; when its pod is deleted, another takes over.
 
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef};
+use qis_nodeagent::{NodeAgent, NodeAgentConfig, NodeSpec};
 use qis_testkit::NatsServer;
+use qis_testkit::controlplane::{ControlPlane, DumpOnFailure};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,23 +64,30 @@ fn outcome(agent: &str, site: &str) -> String {
 async fn three_sites_converge_and_one_agent_reports_with_failover() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tmp");
-    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    let (addr, store) = qis_kube_standin::spawn(Some(&crds), false)
-        .await
-        .expect("stand-in");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, qis_kube_standin::kubeconfig(addr)).expect("kubeconfig");
-    qis_kube_standin::kubelet::start(
-        store,
-        qis_kube_standin::kubelet::KubeletConfig {
-            agent_binary: qis_testkit::workspace_binary("qis-agent"),
-            kubeconfig: kubeconfig.clone(),
-            work_dir: dir.path().join("pods"),
-        },
-    );
+    let cp = ControlPlane::shared();
+    cp.namespace(NS, &["pod-security.kubernetes.io/enforce=restricted"]);
+    let _dump = DumpOnFailure {
+        cp,
+        namespace: NS.into(),
+    };
+    let (operator_kubeconfig, _) =
+        cp.operator_identity("qis-operator", "qis-system", &[], dir.path());
+    let _nodes = NodeAgent::start(NodeAgentConfig {
+        kubeconfig: cp.kubeconfig.clone(),
+        nodes: ["edge-1", "edge-2", "edge-3"]
+            .iter()
+            .map(|n| NodeSpec::new(n, &[]))
+            .collect(),
+        default_binary: qis_testkit::workspace_binary("qis-agent"),
+        work_dir: dir.path().join("pods"),
+        ..Default::default()
+    })
+    .await
+    .expect("node agent");
     let _operator = qis_testkit::KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_qis-operator"))
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", &operator_kubeconfig)
+            .env("POD_NAMESPACE", "qis-system")
             .args([
                 "--nats-url",
                 &nats.url(),
@@ -93,9 +103,12 @@ async fn three_sites_converge_and_one_agent_reports_with_failover() {
             .spawn()
             .expect("operator"),
     );
-    let client = Client::try_from(kube::Config::new(
-        format!("http://{addr}").parse().expect("url"),
-    ))
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
+    let client = Client::try_from(
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config"),
+    )
     .expect("client");
     let mut spec = QisSwarmSpec {
         subject_prefix: Some("qis.campus".into()),
@@ -146,7 +159,7 @@ async fn three_sites_converge_and_one_agent_reports_with_failover() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let port_of = |p: &Pod| {
         p.annotations()
-            .get("standin.qis.dev/port")
+            .get(qis_nodeagent::PORT_ANNOTATION)
             .and_then(|v| v.parse::<u16>().ok())
     };
     let running = pods.list(&ListParams::default()).await.expect("pods").items;

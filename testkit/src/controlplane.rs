@@ -268,6 +268,27 @@ impl ControlPlane {
             .collect()
     }
 
+    /// How many requests `user` made, and how many of them wrote (create, update, patch,
+    /// delete, deletecollection), from the audit log (each request once, at its completion).
+    pub fn request_counts(&self, user: &str) -> (usize, usize) {
+        let events = self.audit_events();
+        let done = events
+            .iter()
+            .filter(|e| e["user"]["username"] == user && e["stage"] == "ResponseComplete");
+        let mut all = 0;
+        let mut writes = 0;
+        for e in done {
+            all += 1;
+            if matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            ) {
+                writes += 1;
+            }
+        }
+        (all, writes)
+    }
+
     /// Requests of `user` the API server refused as forbidden (403), as "verb group/resource".
     pub fn forbidden_calls(&self, user: &str) -> Vec<String> {
         let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();

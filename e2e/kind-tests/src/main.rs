@@ -1,10 +1,10 @@
 //! The kind e2e checks, against the cluster of the current kubeconfig and the NATS at
 //! `QIS_E2E_NATS_URL` (port-forwarded by `e2e/kind/run.sh`): streams and consumers exist in
-//! NATS, the agent Deployments are Ready on their halls, outcomes deposited for two halls
-//! become consensus in `kubectl get qsub`, and deletion cleans NATS and the Deployments up.
-//! It also checks what the Kubernetes API stand-in cannot show (docs/operator.md): the API
-//! server refuses what the CRD schema and its CEL rules forbid and fills the schema's
-//! defaults, and the agents run under the restricted Pod Security Standard.
+//! NATS, the agent Deployments are Ready on their halls, outcomes posted to two halls' agent
+//! intakes (as devices do; port-forwarded by run.sh) become consensus in `kubectl get qsub`,
+//! and deletion cleans NATS and the Deployments up. It also checks, on real nodes with real
+//! images, that the API server refuses what the CRD schema and its CEL rules forbid and fills
+//! the schema's defaults, and that the agents run under the restricted Pod Security Standard.
 
 use async_nats::jetstream;
 use futures::StreamExt;
@@ -14,7 +14,7 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::{Client, ResourceExt};
-use qis_agent::packet::{OutcomePacket, PacketMeta};
+use qis_agent::packet::OutcomePacket;
 use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, SwarmRef};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -103,6 +103,30 @@ async fn admission(
         ));
     }
     Ok(())
+}
+
+/// POSTs one outcome packet to an agent's intake at `addr` (host:port); the HTTP status.
+async fn post_outcome(addr: &str, body: &[u8]) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("intake {addr}: {e}"))?;
+    let head = format!(
+        "POST /v1/outcomes HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(body).await.map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("intake {addr}: no HTTP status in {out:?}"))
 }
 
 async fn run() -> Result<(), String> {
@@ -199,21 +223,15 @@ async fn run() -> Result<(), String> {
             timestamp: now,
             source_node: site.into(),
         };
+        // The device path: the hall's agent intake (port-forwarded by run.sh), which checks,
+        // deposits and counts the packet as a device's would be.
         let body = p.encode().map_err(|e| e.to_string())?;
-        let meta = PacketMeta::outcome(&body);
-        let mut headers = async_nats::HeaderMap::new();
-        for (k, v) in meta.headers() {
-            headers.insert(k, v.as_str());
+        let var = format!("QIS_E2E_INTAKE_{}", site.replace('-', "_").to_uppercase());
+        let addr = std::env::var(&var).map_err(|_| format!("{var} is not set"))?;
+        let status = post_outcome(&addr, &body).await?;
+        if status != 202 {
+            return Err(format!("the {site} intake answered {status}, not 202"));
         }
-        js.publish_with_headers(
-            "qis.campus.predictive-maintenance.bearing-wear",
-            headers,
-            body.into(),
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
     }
     eventually(
         "consensus of two halls in QisSubject bearing-wear",
