@@ -47,13 +47,19 @@ struct Args {
     exit_on_stdin_eof: bool,
 }
 
-/// Resolves when standard input reaches its end (never, unless `enabled`).
+/// Resolves when standard input reaches its end (never, unless `enabled`). The read runs on a
+/// plain thread: tokio's stdin is a blocking task that would keep the runtime from shutting
+/// down after a signal while stdin is still open.
 async fn stdin_closed(enabled: bool) {
     if !enabled {
         return futures::future::pending().await;
     }
-    let mut sink = tokio::io::sink();
-    let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut sink).await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }
 
 fn pair<'a>(s: &'a str, sep: char, what: &str) -> Result<(&'a str, &'a str), String> {
