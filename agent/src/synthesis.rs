@@ -94,10 +94,19 @@ impl Settings {
                 reason: "must be positive".into(),
             });
         }
+        let half_life = secs("halfLife", s.half_life)?.filter(|h| *h > 0.0);
+        if half_life.is_some_and(|h| h < 1.0) {
+            // Shorter, every vote older than a few microseconds weighs 0 and the combined
+            // confidence is 0/0.
+            return Err(InvalidSetting {
+                field: "halfLife",
+                reason: "must be at least 1s (or 0 for no decay)".into(),
+            });
+        }
         Ok(Settings {
             method: s.method.unwrap_or_default(),
             window: window.unwrap_or(d.window),
-            half_life: secs("halfLife", s.half_life)?.filter(|h| *h > 0.0),
+            half_life,
             threshold: unit("threshold", s.threshold, 1.0, d.threshold)?,
             quorum: match s.quorum {
                 Some(0) => {

@@ -315,6 +315,13 @@ pub async fn run(
                 v.address = spec.address.clone();
                 v.invalid = Some(e.to_string());
             });
+            // Reported until the subject changes or goes (then this worker is stopped).
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+            remove_view(&shared, &spec.name);
             return;
         }
     };
@@ -324,6 +331,7 @@ pub async fn run(
         v.address = spec.address.clone();
         v.consumer = consumer_name.clone();
         v.bound = false;
+        v.invalid = None;
     });
     let mut synth = Synthesizer::new(settings);
     let lag = shared
@@ -497,9 +505,13 @@ pub async fn run(
         }
         set_view(&shared, &spec.name, |v| v.bound = false);
     }
+    remove_view(&shared, &spec.name);
+}
+
+fn remove_view(shared: &Shared, name: &str) {
     shared
         .views
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .remove(&spec.name);
+        .remove(name);
 }

@@ -56,13 +56,13 @@ struct Args {
     #[arg(long, env = "QIS_AGENT_IMAGE", default_value = concat!("ghcr.io/qis-operator/qis-agent:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
     /// How often every object is looked at again (drift revert, live stream state).
-    #[arg(long, env = "QIS_RESYNC", default_value = "60s", value_parser = qis_crds::duration::parse)]
+    #[arg(long, env = "QIS_RESYNC", default_value = "60s", value_parser = positive_duration)]
     resync: std::time::Duration,
     /// How long deletion retries an unreachable NATS before removing the finalizer.
-    #[arg(long, env = "QIS_DELETION_TIMEOUT", default_value = "5m", value_parser = qis_crds::duration::parse)]
+    #[arg(long, env = "QIS_DELETION_TIMEOUT", default_value = "5m", value_parser = positive_duration)]
     deletion_timeout: std::time::Duration,
     /// Bound on connecting to NATS and on each JetStream request.
-    #[arg(long, env = "QIS_NATS_TIMEOUT", default_value = "5s", value_parser = qis_crds::duration::parse)]
+    #[arg(long, env = "QIS_NATS_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     nats_timeout: std::time::Duration,
     /// Reconciles running at once, per kind. Bounds memory and the burst on the API server and
     /// NATS when many objects change together (a restart, a bulk apply).
@@ -95,6 +95,15 @@ struct Args {
     /// Log format.
     #[arg(long, env = "QIS_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
+}
+
+/// A duration flag: checked, bounded, and not zero (a zero resync would requeue in a hot loop).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match qis_crds::duration::parse(s) {
+        Ok(d) if d.is_zero() => Err("must be positive".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{s:?} {e}")),
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]

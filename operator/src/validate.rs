@@ -184,7 +184,13 @@ fn synthesis(field: &str, s: &qis_crds::SynthesisSettings) -> Result<(), Error> 
         positive(&format!("{field}.window"), w)?;
     }
     if let Some(h) = s.half_life {
-        duration(&format!("{field}.halfLife"), h)?;
+        let h = duration(&format!("{field}.halfLife"), h)?;
+        if !h.is_zero() && h < Duration::from_secs(1) {
+            return Err(invalid(
+                &format!("{field}.halfLife"),
+                "must be at least 1s (or 0 for no decay)",
+            ));
+        }
     }
     if let Some(p) = s.publish_interval {
         positive(&format!("{field}.publishInterval"), p)?;

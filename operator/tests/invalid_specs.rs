@@ -374,6 +374,11 @@ fn out_of_range_durations_are_invalid_spec_naming_the_field() {
         ),
         (
             1,
+            json!({"spec": {"synthesis": {"halfLife": "1ns"}}}),
+            "spec.synthesis.halfLife",
+        ),
+        (
+            1,
             json!({"spec": {"synthesis": {"publishInterval": "87601h"}}}),
             "spec.synthesis.publishInterval",
         ),
