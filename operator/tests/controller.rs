@@ -195,6 +195,12 @@ impl Cluster {
         qis_crds::addressing::default_prefix(&self.ns, name)
     }
 
+    /// The node label this test's swarms discover sites by: Nodes are cluster-wide, and a
+    /// label other tests' Nodes carry would add their sites to this test's swarms.
+    fn site_label(&self) -> String {
+        format!("qis.dev/site-{}", self.ns)
+    }
+
     /// A cluster-scoped name (a Node) no other test uses.
     fn node_name(&self, name: &str) -> String {
         format!("{}-{name}", self.ns)
@@ -1099,26 +1105,28 @@ async fn kubectl_apply_and_get() {
     );
 }
 
-/// Proves site discovery: one Deployment per distinct `qis.dev/site` value, pinned to those
+/// Proves site discovery: one Deployment per distinct value of the node label, pinned to those
 /// nodes; labelling another node adds a site (the node watch wakes the swarm).
 #[tokio::test]
 async fn sites_are_discovered_from_node_labels() {
     let c = Cluster::start().await;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
     let pp = PostParams::default();
+    let key = c.site_label();
+    let (a, b) = (format!("{key}=hall-a"), format!("{key}=hall-b"));
     let _nodes = own_nodes(
         &c,
         &[
-            ("edge-1", &["qis.dev/site=hall-a"]),
-            ("edge-2", &["qis.dev/site=hall-a"]),
-            ("edge-3", &["qis.dev/site=hall-b"]),
+            ("edge-1", &[a.as_str()]),
+            ("edge-2", &[a.as_str()]),
+            ("edge-3", &[b.as_str()]),
             ("core-1", &[]),
         ],
     )
     .await;
     let mut s = swarm("plant", None, &[]);
     s.spec.site_discovery = Some(qis_crds::SiteDiscovery {
-        node_label: "qis.dev/site".into(),
+        node_label: key.clone(),
         replicas: 1,
         tolerations: vec![test_toleration(&c)],
     });
@@ -1144,16 +1152,13 @@ async fn sites_are_discovered_from_node_labels() {
         .expect("pod")
         .node_selector
         .expect("pinned");
-    assert_eq!(
-        selector.get("qis.dev/site").map(String::as_str),
-        Some("hall-b")
-    );
+    assert_eq!(selector.get(&key).map(String::as_str), Some("hall-b"));
 
     nodes
         .patch(
             &c.node_name("core-1"),
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"qis.dev/site": "hall-c"}}})),
+            &Patch::Merge(json!({"metadata": {"labels": {key.as_str(): "hall-c"}}})),
         )
         .await
         .expect("label");
@@ -1691,7 +1696,8 @@ async fn rbac_is_what_the_operator_calls() {
         &["--leader-elect", "--pod-name", "op-0"],
     );
     let pp = PostParams::default();
-    let _nodes = own_nodes(&c, &[("edge-1", &["qis.dev/site=hall-a"])]).await;
+    let hall_a = format!("{}=hall-a", c.site_label());
+    let _nodes = own_nodes(&c, &[("edge-1", &[hall_a.as_str()])]).await;
     let secret = serde_json::from_value(
         json!({"metadata": {"name": "nats-token"}, "stringData": {"token": "t0ken"}}),
     )
@@ -1717,7 +1723,7 @@ async fn rbac_is_what_the_operator_calls() {
     c.swarms().create(&pp, &plant).await.expect("swarm");
     let mut campus = swarm("campus", Some("qis.campus"), &[]);
     campus.spec.site_discovery = Some(qis_crds::SiteDiscovery {
-        node_label: "qis.dev/site".into(),
+        node_label: c.site_label(),
         replicas: 1,
         tolerations: vec![test_toleration(&c)],
     });
