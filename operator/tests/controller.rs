@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(30);
+/// Real agent pods must become Ready for most conditions: room for a loaded 2-core machine.
+const WAIT: Duration = Duration::from_secs(60);
 /// For what the garbage collector does: it picks up new kinds at its 30 s discovery resync.
 const GC_WAIT: Duration = Duration::from_secs(120);
 
