@@ -17,6 +17,13 @@ pub struct SubjectLabel {
     pub subject: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabel {
+    pub subject: String,
+    /// `voters`, `packets` or `problems`: the window limit that turned the packet away.
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     /// Packets taken in through the intake.
@@ -41,6 +48,8 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// Subjects this agent refused (a setting it cannot use); it serves the others.
     pub subjects_refused: Counter,
+    /// Packets a subject's window limits turned away, by subject and limit.
+    pub synthesis_evictions: Family<EvictionLabel, Counter>,
     pub registry: Registry,
 }
 
@@ -60,6 +69,7 @@ impl Default for Metrics {
             synthesis_latency: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
             status_writes: Counter::default(),
             subjects_refused: Counter::default(),
+            synthesis_evictions: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,6 +127,11 @@ impl Default for Metrics {
             "subjects_refused",
             "Subjects refused for settings the agent cannot use",
             m.subjects_refused.clone(),
+        );
+        registry.register(
+            "synthesis_evictions",
+            "Packets a subject's window limits turned away (maxVoters, maxPackets, maxProblems)",
+            m.synthesis_evictions.clone(),
         );
         Metrics { registry, ..m }
     }

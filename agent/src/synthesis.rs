@@ -18,11 +18,19 @@
 //!
 //! Synthesis packets never vote. Duplicates (same packet id) change nothing. Snapshots do not
 //! depend on the order packets arrived in: votes are summed in a fixed order.
+//!
+//! Memory is bounded per subject by [`Limits`], whatever is published: at most `voters` votes
+//! (each with one expiry entry), `packets` remembered packet ids, and `problems` distinct
+//! problems named by the votes (counted by reference, so the set shrinks as votes go). When the
+//! votes are full, an agent not yet voting is not counted (those voting keep updating) until
+//! votes expire; when the packet ids are full, the oldest is forgotten. Both are counted in
+//! [`Evictions`].
 
 use crate::packet::{OutcomePacket, PacketKind, PacketMeta};
+use qis_crds::common::{MAX_PACKETS, MAX_PROBLEMS, MAX_VOTERS};
 use qis_crds::{Duration, SynthesisMethod, SynthesisSettings};
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -39,6 +47,39 @@ pub struct Settings {
     /// Combined confidence an alert needs (not used by the seed method).
     pub min_confidence: f64,
     pub trim_fraction: f64,
+    pub limits: Limits,
+}
+
+/// What one subject's window may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Distinct voters (agents; packets in seed mode).
+    pub voters: usize,
+    /// Remembered packet ids.
+    pub packets: usize,
+    /// Distinct problems named by the votes.
+    pub problems: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            voters: 10_000,
+            packets: 100_000,
+            problems: 1_000,
+        }
+    }
+}
+
+/// Packets the limits turned away, by limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Evictions {
+    /// Packets of agents not counted because the votes were full.
+    pub voters: u64,
+    /// Packet ids forgotten (oldest first) because the remembered ids were full.
+    pub packets: u64,
+    /// Votes not counted because they named a problem beyond the limit.
+    pub problems: u64,
 }
 
 /// A synthesis setting an agent cannot use, naming the field (as in the CRD).
@@ -59,6 +100,7 @@ impl Default for Settings {
             quorum: 2,
             min_confidence: 0.5,
             trim_fraction: 0.1,
+            limits: Limits::default(),
         }
     }
 }
@@ -84,6 +126,14 @@ impl Settings {
             Some(v) => Err(InvalidSetting {
                 field,
                 reason: format!("{v} is outside [0, {max}]"),
+            }),
+        };
+        let limit = |field: &'static str, v: Option<u32>, max: u32, default: usize| match v {
+            None => Ok(default),
+            Some(v) if (1..=max).contains(&v) => Ok(v as usize),
+            Some(v) => Err(InvalidSetting {
+                field,
+                reason: format!("{v} is outside [1, {max}]"),
             }),
         };
         let d = Settings::default();
@@ -119,6 +169,16 @@ impl Settings {
             },
             min_confidence: unit("minConfidence", s.min_confidence, 1.0, d.min_confidence)?,
             trim_fraction: unit("trimFraction", s.trim_fraction, 0.45, d.trim_fraction)?,
+            limits: Limits {
+                voters: limit("maxVoters", s.max_voters, MAX_VOTERS, d.limits.voters)?,
+                packets: limit("maxPackets", s.max_packets, MAX_PACKETS, d.limits.packets)?,
+                problems: limit(
+                    "maxProblems",
+                    s.max_problems,
+                    MAX_PROBLEMS,
+                    d.limits.problems,
+                )?,
+            },
         })
     }
 
@@ -132,6 +192,7 @@ impl Settings {
             quorum: 1,
             min_confidence: 0.0,
             trim_fraction: 0.0,
+            limits: Limits::default(),
         }
     }
 }
@@ -149,6 +210,10 @@ pub enum Ingest {
     Expired,
     /// A synthesis packet: never a vote.
     NotAVote,
+    /// Not counted: the window's votes are full and its agent has none in it.
+    VotersFull,
+    /// Not counted: it names a problem beyond the window's limit.
+    ProblemsFull,
 }
 
 #[derive(Debug, Clone)]
@@ -160,26 +225,25 @@ struct Vote {
     timestamp: f64,
 }
 
-/// Expiry-heap entry: a packet in the window, by timestamp.
-#[derive(Debug, Clone)]
-struct Entry {
+/// Where a packet stands in time: its timestamp, then its id (a total order).
+#[derive(Debug, Clone, Copy)]
+struct Age {
     timestamp: f64,
     id: u64,
-    voter: Arc<str>,
 }
 
-impl PartialEq for Entry {
+impl PartialEq for Age {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
-impl Eq for Entry {}
-impl PartialOrd for Entry {
+impl Eq for Age {}
+impl PartialOrd for Age {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Entry {
+impl Ord for Age {
     fn cmp(&self, other: &Self) -> Ordering {
         self.timestamp
             .total_cmp(&other.timestamp)
@@ -213,9 +277,14 @@ pub struct Synthesizer {
     settings: Settings,
     /// Seed mode: one entry per packet (keyed by packet id); else one per agent.
     votes: HashMap<Arc<str>, Vote>,
+    /// One expiry entry per vote, oldest first.
+    vote_ages: BTreeSet<(Age, Arc<str>)>,
+    /// Packet ids in the window (duplicates), and their expiry, oldest first.
     seen: HashSet<u64>,
-    expiry: BinaryHeap<Reverse<Entry>>,
-    problems: HashSet<Arc<str>>,
+    seen_ages: BinaryHeap<Reverse<Age>>,
+    /// The problems the votes name, with how many do.
+    problems: HashMap<Arc<str>, usize>,
+    evictions: Evictions,
 }
 
 fn hash_id(id: &str) -> u64 {
@@ -229,9 +298,11 @@ impl Synthesizer {
         Synthesizer {
             settings,
             votes: HashMap::new(),
+            vote_ages: BTreeSet::new(),
             seen: HashSet::new(),
-            expiry: BinaryHeap::new(),
-            problems: HashSet::new(),
+            seen_ages: BinaryHeap::new(),
+            problems: HashMap::new(),
+            evictions: Evictions::default(),
         }
     }
 
@@ -244,13 +315,49 @@ impl Synthesizer {
         self.seen.len()
     }
 
-    fn intern(&mut self, problem: String) -> Arc<str> {
-        if let Some(p) = self.problems.get(problem.as_str()) {
-            return p.clone();
+    /// Votes in the window (after the last expiry).
+    pub fn voters(&self) -> usize {
+        self.votes.len()
+    }
+
+    /// Distinct problems the votes name.
+    pub fn problems(&self) -> usize {
+        self.problems.len()
+    }
+
+    /// What the limits turned away since the synthesizer was made.
+    pub fn evictions(&self) -> Evictions {
+        self.evictions
+    }
+
+    /// The shared name of a problem a vote may name; `None` when it would be one beyond the
+    /// limit.
+    fn problem_for(&self, problem: &str) -> Option<Arc<str>> {
+        match self.problems.get_key_value(problem) {
+            Some((p, _)) => Some(p.clone()),
+            None if self.problems.len() < self.settings.limits.problems => Some(problem.into()),
+            None => None,
         }
-        let p: Arc<str> = problem.into();
-        self.problems.insert(p.clone());
-        p
+    }
+
+    fn forget_problem(&mut self, problem: &Arc<str>) {
+        if let Some(n) = self.problems.get_mut(problem) {
+            *n -= 1;
+            if *n == 0 {
+                self.problems.remove(problem);
+            }
+        }
+    }
+
+    fn remember(&mut self, age: Age) {
+        if self.seen.len() >= self.settings.limits.packets
+            && let Some(Reverse(oldest)) = self.seen_ages.pop()
+        {
+            self.seen.remove(&oldest.id);
+            self.evictions.packets += 1;
+        }
+        self.seen.insert(age.id);
+        self.seen_ages.push(Reverse(age));
     }
 
     /// Takes one packet in, as of `now` (seconds since the epoch).
@@ -262,26 +369,50 @@ impl Synthesizer {
         if packet.timestamp < now - self.settings.window {
             return Ingest::Expired;
         }
-        let id = hash_id(&meta.id);
-        if !self.seen.insert(id) {
+        let age = Age {
+            timestamp: packet.timestamp,
+            id: hash_id(&meta.id),
+        };
+        if self.seen.contains(&age.id) {
             return Ingest::Duplicate;
         }
         let voter: Arc<str> = match self.settings.method {
             SynthesisMethod::Seed => meta.id.as_str().into(),
             _ => packet.agent_id.as_str().into(),
         };
-        self.expiry.push(Reverse(Entry {
-            timestamp: packet.timestamp,
-            id,
-            voter: voter.clone(),
-        }));
-        let newer = |old: &Vote| (packet.timestamp, id) > (old.timestamp, old.id);
-        if self.votes.get(&voter).is_some_and(|old| !newer(old)) {
-            return Ingest::Superseded;
+        let old = self.votes.get(&voter).map(|v| {
+            (
+                Age {
+                    timestamp: v.timestamp,
+                    id: v.id,
+                },
+                v.problem.clone(),
+            )
+        });
+        match &old {
+            Some((old_age, _)) if age <= *old_age => {
+                self.remember(age);
+                return Ingest::Superseded;
+            }
+            None if self.votes.len() >= self.settings.limits.voters => {
+                self.evictions.voters += 1;
+                return Ingest::VotersFull;
+            }
+            _ => {}
         }
-        let problem = self.intern(packet.problem());
+        let Some(problem) = self.problem_for(&packet.problem()) else {
+            self.evictions.problems += 1;
+            return Ingest::ProblemsFull;
+        };
+        self.remember(age);
+        if let Some((old_age, old_problem)) = old {
+            self.vote_ages.remove(&(old_age, voter.clone()));
+            self.forget_problem(&old_problem);
+        }
+        *self.problems.entry(problem.clone()).or_default() += 1;
+        self.vote_ages.insert((age, voter.clone()));
         let vote = Vote {
-            id,
+            id: age.id,
             agent: packet.agent_id.as_str().into(),
             problem,
             confidence: packet.confidence,
@@ -291,27 +422,29 @@ impl Synthesizer {
         Ingest::Voted
     }
 
-    /// Drops packets older than the window; amortized O(log n) per packet ever ingested.
+    /// Drops packets and votes older than the window; amortized O(log n) per packet.
     pub fn expire(&mut self, now: f64) {
         let horizon = now - self.settings.window;
-        while let Some(Reverse(top)) = self.expiry.peek() {
-            if top.timestamp >= horizon {
-                break;
-            }
-            let Some(Reverse(entry)) = self.expiry.pop() else {
-                break;
-            };
-            self.seen.remove(&entry.id);
-            if self
-                .votes
-                .get(&entry.voter)
-                .is_some_and(|v| v.id == entry.id)
-            {
-                self.votes.remove(&entry.voter);
+        while self
+            .seen_ages
+            .peek()
+            .is_some_and(|Reverse(a)| a.timestamp < horizon)
+        {
+            if let Some(Reverse(a)) = self.seen_ages.pop() {
+                self.seen.remove(&a.id);
             }
         }
-        if self.votes.is_empty() {
-            self.problems.clear();
+        while self
+            .vote_ages
+            .first()
+            .is_some_and(|(a, _)| a.timestamp < horizon)
+        {
+            let Some((_, voter)) = self.vote_ages.pop_first() else {
+                break;
+            };
+            if let Some(vote) = self.votes.remove(&voter) {
+                self.forget_problem(&vote.problem);
+            }
         }
     }
 

@@ -14,10 +14,10 @@
 
 use crate::config::Config;
 use crate::deposit::Depositor;
-use crate::metrics::{Metrics, SubjectLabel};
+use crate::metrics::{EvictionLabel, Metrics, SubjectLabel};
 use crate::outbox::Entry;
 use crate::packet::{OutcomePacket, PacketKind, PacketMeta};
-use crate::synthesis::{Ingest, Settings, Snapshot, Synthesizer};
+use crate::synthesis::{Evictions, Ingest, Settings, Snapshot, Synthesizer};
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PriorityPolicy, pull};
 use async_nats::jetstream::{AckKind, Context, Message};
 use futures::StreamExt;
@@ -334,6 +334,7 @@ pub async fn run(
         v.invalid = None;
     });
     let mut synth = Synthesizer::new(settings);
+    let mut evictions = Evictions::default();
     let lag = shared
         .metrics
         .consumer_lag
@@ -464,6 +465,7 @@ pub async fn run(
                 _ = tick.tick() => {
                     let at = now();
                     let snap = synth.snapshot(at);
+                    evictions = count_evictions(&shared, &spec.name, evictions, synth.evictions());
                     set_view(&shared, &spec.name, |v| { v.snapshot = snap.clone(); v.at = at; });
                     let standby = follower.is_some();
                     if let Some(s) = snap.filter(|_| !standby) {
@@ -506,6 +508,39 @@ pub async fn run(
         set_view(&shared, &spec.name, |v| v.bound = false);
     }
     remove_view(&shared, &spec.name);
+}
+
+/// Adds what the window limits turned away since `before` to the metrics (warning once per
+/// tick that turned any away); returns `now` as the next `before`.
+fn count_evictions(shared: &Shared, subject: &str, before: Evictions, now: Evictions) -> Evictions {
+    let mut any = false;
+    for (reason, was, is) in [
+        ("voters", before.voters, now.voters),
+        ("packets", before.packets, now.packets),
+        ("problems", before.problems, now.problems),
+    ] {
+        if is > was {
+            any = true;
+            shared
+                .metrics
+                .synthesis_evictions
+                .get_or_create(&EvictionLabel {
+                    subject: subject.to_owned(),
+                    reason,
+                })
+                .inc_by(is - was);
+        }
+    }
+    if any {
+        tracing::warn!(
+            subject,
+            voters = now.voters - before.voters,
+            packets = now.packets - before.packets,
+            problems = now.problems - before.problems,
+            "window limits reached: packets not counted or forgotten (maxVoters, maxPackets, maxProblems)"
+        );
+    }
+    now
 }
 
 fn remove_view(shared: &Shared, name: &str) {

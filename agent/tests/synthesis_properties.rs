@@ -43,6 +43,7 @@ fn full(method: SynthesisMethod) -> Settings {
         quorum: 2,
         min_confidence: 0.5,
         trim_fraction: 0.1,
+        limits: Default::default(),
     }
 }
 

@@ -68,7 +68,32 @@ pub struct SynthesisSettings {
     /// Least time between two synthesis packets an agent publishes for one subject. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_interval: Option<Duration>,
+    /// Distinct agents whose votes one window of one subject holds. While the window is full,
+    /// an agent without a vote in it is not counted (those already voting keep updating),
+    /// until votes expire; each such packet is counted in
+    /// `qis_agent_synthesis_evictions_total{reason="voters"}`. Default `10000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_VOTERS))]
+    pub max_voters: Option<u32>,
+    /// Packets one window of one subject remembers (duplicate detection, the `packets` count);
+    /// when full, the oldest is forgotten (`reason="packets"`). Default `100000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_PACKETS))]
+    pub max_packets: Option<u32>,
+    /// Distinct problems (`<domain>.<problemClass>`) the votes of one window may name (a
+    /// domain-wide subject follows every problem class of its domain); a vote naming another
+    /// is not counted (`reason="problems"`). Default `1000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_PROBLEMS))]
+    pub max_problems: Option<u32>,
 }
+
+/// Largest `maxVoters`.
+pub const MAX_VOTERS: u32 = 1_000_000;
+/// Largest `maxPackets`.
+pub const MAX_PACKETS: u32 = 10_000_000;
+/// Largest `maxProblems`.
+pub const MAX_PROBLEMS: u32 = 100_000;
 
 impl SynthesisSettings {
     /// Each field of `self` that is set, else the one of `defaults`.
@@ -83,6 +108,9 @@ impl SynthesisSettings {
             trim_fraction: self.trim_fraction.or(defaults.trim_fraction),
             max_hops: self.max_hops.or(defaults.max_hops),
             publish_interval: self.publish_interval.or(defaults.publish_interval),
+            max_voters: self.max_voters.or(defaults.max_voters),
+            max_packets: self.max_packets.or(defaults.max_packets),
+            max_problems: self.max_problems.or(defaults.max_problems),
         }
     }
 }

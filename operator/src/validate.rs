@@ -198,6 +198,24 @@ fn synthesis(field: &str, s: &qis_crds::SynthesisSettings) -> Result<(), Error> 
     if s.quorum == Some(0) {
         return Err(invalid(&format!("{field}.quorum"), "must be at least 1"));
     }
+    for (name, value, max) in [
+        ("maxVoters", s.max_voters, qis_crds::common::MAX_VOTERS),
+        ("maxPackets", s.max_packets, qis_crds::common::MAX_PACKETS),
+        (
+            "maxProblems",
+            s.max_problems,
+            qis_crds::common::MAX_PROBLEMS,
+        ),
+    ] {
+        if let Some(v) = value
+            && !(1..=max).contains(&v)
+        {
+            return Err(invalid(
+                &format!("{field}.{name}"),
+                format!("must be in [1, {max}]"),
+            ));
+        }
+    }
     if let Some(c) = s.min_confidence
         && !(0.0..=1.0).contains(&c)
     {
@@ -404,6 +422,14 @@ mod tests {
         s = subj();
         s.synthesis.threshold = Some(1.5);
         assert_eq!(field_of(subject(&s)), "spec.synthesis.threshold");
+        s = subj();
+        s.synthesis.max_voters = Some(0);
+        assert_eq!(field_of(subject(&s)), "spec.synthesis.maxVoters");
+        s = subj();
+        s.synthesis.max_packets = Some(qis_crds::common::MAX_PACKETS + 1);
+        assert_eq!(field_of(subject(&s)), "spec.synthesis.maxPackets");
+        s.synthesis.max_packets = Some(qis_crds::common::MAX_PACKETS);
+        assert!(subject(&s).is_ok());
     }
 
     #[test]
