@@ -15,6 +15,7 @@ use qis_lease::{Attempt, LeaseLock};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -27,6 +28,8 @@ pub struct Reporter {
     pub identity: String,
     pub site: String,
     pub interval: Duration,
+    /// Whether the agent's NATS connection is up: a reporter without it gives the lease up.
+    pub connected: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -67,26 +70,59 @@ impl Reporter {
         format!("qis-reporter-{}", self.swarm)
     }
 
-    /// Runs until `stop` turns true.
+    /// Whether this agent can report: connected to NATS and serving at least one subject
+    /// (bound). A reporter that is not gives the lease up, so one that can takes over at once
+    /// instead of a lease duration later.
+    fn fit(&self, views: &Views) -> bool {
+        self.connected.load(Ordering::Relaxed)
+            && views
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+                .any(|v| v.bound && v.invalid.is_none())
+    }
+
+    /// Runs until `stop` turns true; gives the lease up then.
     pub async fn run(self, views: Views, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
-        let lock = LeaseLock {
-            namespace: self.namespace.clone(),
-            lease: self.lease_name(),
-            identity: self.identity.clone(),
-            lease_duration: self.interval * 3,
-            renew_every: self.interval,
-        };
+        let lock = LeaseLock::new(
+            self.namespace.clone(),
+            self.lease_name(),
+            self.identity.clone(),
+            self.interval * 3,
+            self.interval,
+        );
         let api: Api<QisSubject> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut written: HashMap<String, Consensus> = HashMap::new();
         let mut tick = tokio::time::interval(self.interval);
+        let mut holding = false;
         loop {
             tokio::select! {
-                _ = stop.changed() => return,
+                _ = stop.changed() => {
+                    if holding && let Err(e) = lock.release(&self.client).await {
+                        tracing::warn!(error = %e, "cannot release the reporter lease");
+                    }
+                    return;
+                }
                 _ = tick.tick() => {}
             }
+            if !self.fit(&views) {
+                if holding {
+                    tracing::info!(
+                        "no NATS connection or no subject bound: giving the reporter lease up"
+                    );
+                    match lock.release(&self.client).await {
+                        Ok(()) => holding = false,
+                        Err(e) => tracing::warn!(error = %e, "cannot release the reporter lease"),
+                    }
+                    written.clear();
+                }
+                continue;
+            }
+            let attempted = tokio::time::Instant::now();
             match lock.try_once(&self.client).await {
-                Ok(Attempt::Held) => {}
+                Ok(Attempt::Held) => holding = true,
                 Ok(Attempt::HeldByOther(_)) => {
+                    holding = false;
                     written.clear();
                     continue;
                 }
@@ -112,22 +148,28 @@ impl Reporter {
                 if written.get(&name) == Some(&c) {
                     continue;
                 }
+                // Writes stop before the lease could have passed to another agent.
+                if attempted.elapsed() + lock.deadline() >= lock.lease_duration {
+                    break;
+                }
                 let mut stamped = c.clone();
                 stamped.updated_at = k8s_openapi::jiff::Timestamp::now().to_string();
                 let patch = json!({"apiVersion": "qis.dev/v1alpha1", "kind": "QisSubject", "status": {"consensus": stamped}});
-                match api
-                    .patch_status(
-                        &name,
-                        &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
-                        &Patch::Apply(&patch),
-                    )
-                    .await
-                {
-                    Ok(_) => {
+                let params = PatchParams::apply(AGENT_FIELD_MANAGER).force();
+                let patch = Patch::Apply(&patch);
+                let write = api.patch_status(&name, &params, &patch);
+                match tokio::time::timeout(lock.deadline(), write).await {
+                    Ok(Ok(_)) => {
                         metrics.status_writes.inc();
                         written.insert(name, c);
                     }
-                    Err(e) => tracing::warn!(subject = %name, error = %e, "cannot write consensus"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(subject = %name, error = %e, "cannot write consensus")
+                    }
+                    Err(_) => {
+                        tracing::warn!(subject = %name, "the API server did not answer a consensus write in time");
+                        break;
+                    }
                 }
             }
         }

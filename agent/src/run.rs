@@ -134,6 +134,7 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
                 identity: config.agent_id.clone(),
                 site: config.site.clone(),
                 interval: config.report_interval,
+                connected: connected.clone(),
             };
             tokio::spawn(reporter.run(views.clone(), metrics.clone(), stop_rx.clone()));
             crate::cluster::follow(

@@ -1,14 +1,23 @@
 //! One holder at a time, on a `coordination.k8s.io/v1` Lease: the operator's leader election
-//! (two replicas never both act) and the agents' single reporter per subject (one status
-//! writer however many sites run). A holder that has not renewed within the lease duration
-//! has lost it; optimistic concurrency (`resourceVersion`) decides races.
+//! (two replicas never both act) and the agents' single reporter per swarm (one status writer
+//! however many sites run). Optimistic concurrency (`resourceVersion`) decides races.
+//!
+//! Expiry is judged by this process's monotonic clock, never by comparing another host's
+//! `renewTime` with ours: a lease held by another has expired when the record we observe (holder,
+//! renew time, transitions) has not changed for its `leaseDurationSeconds` since we first saw it
+//! so. A holder whose clock is an hour ahead or behind neither keeps a lease it stopped renewing
+//! nor loses one it renews. Every call carries a deadline shorter than the lease
+//! ([`LeaseLock::deadline`]): an API server that hangs fails the attempt in time, it does not
+//! stall the holder past its lease.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Who competes for which lease.
 #[derive(Debug, Clone)]
@@ -20,6 +29,22 @@ pub struct LeaseLock {
     pub lease_duration: Duration,
     /// How often the holder renews.
     pub renew_every: Duration,
+    /// The other holder's record as last observed, and when (our clock) it last changed.
+    observed: Arc<Mutex<Option<Observed>>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    holder: String,
+    renew_time: Option<Timestamp>,
+    transitions: Option<i32>,
+    duration: Duration,
+}
+
+#[derive(Debug)]
+struct Observed {
+    record: Record,
+    since: Instant,
 }
 
 /// The outcome of one attempt.
@@ -31,7 +56,39 @@ pub enum Attempt {
     HeldByOther(String),
 }
 
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("the API server did not answer within {0:?}")]
+    Deadline(Duration),
+}
+
 impl LeaseLock {
+    pub fn new(
+        namespace: impl Into<String>,
+        lease: impl Into<String>,
+        identity: impl Into<String>,
+        lease_duration: Duration,
+        renew_every: Duration,
+    ) -> LeaseLock {
+        LeaseLock {
+            namespace: namespace.into(),
+            lease: lease.into(),
+            identity: identity.into(),
+            lease_duration,
+            renew_every,
+            observed: Arc::default(),
+        }
+    }
+
+    /// The deadline of one attempt: a third of the lease (and no longer than the renewal
+    /// period), so a holder whose calls hang learns it well before others may take over.
+    pub fn deadline(&self) -> Duration {
+        (self.lease_duration / 3).min(self.renew_every)
+    }
+
     fn api(&self, client: &Client) -> Api<Lease> {
         Api::namespaced(client.clone(), &self.namespace)
     }
@@ -43,7 +100,7 @@ impl LeaseLock {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(
-                i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX),
+                i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX),
             ),
             acquire_time: if ours {
                 previous.and_then(|p| p.acquire_time.clone())
@@ -58,43 +115,89 @@ impl LeaseLock {
         }
     }
 
-    /// Acquires the lease if it is free or expired, renews it if it is ours.
-    pub async fn try_once(&self, client: &Client) -> Result<Attempt, kube::Error> {
-        let api = self.api(client);
-        match api.get_opt(&self.lease).await? {
-            None => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(self.lease.clone()),
-                        namespace: Some(self.namespace.clone()),
-                        ..Default::default()
-                    },
-                    spec: Some(self.spec(None)),
-                };
-                api.create(&PostParams::default(), &lease).await?;
-                Ok(Attempt::Held)
-            }
-            Some(mut lease) => {
-                let spec = lease.spec.clone().unwrap_or_default();
-                let holder = spec.holder_identity.clone().unwrap_or_default();
-                let expired = spec.renew_time.as_ref().is_none_or(|t| {
-                    let age = Timestamp::now().duration_since(t.0);
-                    let limit = SignedDuration::from_secs(i64::from(
-                        spec.lease_duration_seconds.unwrap_or(15),
-                    ));
-                    age > limit
+    /// Whether another holder's `record` has gone unrenewed for its duration, by our clock.
+    fn expired(&self, record: Record) -> bool {
+        let mut observed = self.observed.lock().unwrap_or_else(PoisonError::into_inner);
+        match observed.as_ref() {
+            Some(o) if o.record == record => o.since.elapsed() > record.duration,
+            _ => {
+                *observed = Some(Observed {
+                    record,
+                    since: Instant::now(),
                 });
-                if holder.is_empty() || holder == self.identity || expired {
-                    lease.spec = Some(self.spec(Some(&spec)));
-                    // Carries metadata.resourceVersion: a concurrent writer makes this fail.
-                    api.replace(&self.lease, &PostParams::default(), &lease)
-                        .await?;
-                    Ok(Attempt::Held)
-                } else {
-                    Ok(Attempt::HeldByOther(holder))
-                }
+                false
             }
         }
+    }
+
+    /// Acquires the lease if it is free or expired, renews it if it is ours; fails after
+    /// [`LeaseLock::deadline`] if the API server does not answer.
+    pub async fn try_once(&self, client: &Client) -> Result<Attempt, LeaseError> {
+        let deadline = self.deadline();
+        tokio::time::timeout(deadline, self.attempt(client))
+            .await
+            .map_err(|_| LeaseError::Deadline(deadline))?
+    }
+
+    async fn attempt(&self, client: &Client) -> Result<Attempt, LeaseError> {
+        let api = self.api(client);
+        let Some(mut lease) = api.get_opt(&self.lease).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.lease.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(None)),
+            };
+            api.create(&PostParams::default(), &lease).await?;
+            return Ok(Attempt::Held);
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let free = holder.is_empty() || spec.renew_time.is_none();
+        let record = Record {
+            holder: holder.clone(),
+            renew_time: spec.renew_time.as_ref().map(|t| t.0),
+            transitions: spec.lease_transitions,
+            duration: Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(0),
+            ),
+        };
+        if holder != self.identity && !free && !self.expired(record) {
+            return Ok(Attempt::HeldByOther(holder));
+        }
+        lease.spec = Some(self.spec(Some(&spec)));
+        // Carries metadata.resourceVersion: a concurrent writer makes this fail.
+        api.replace(&self.lease, &PostParams::default(), &lease)
+            .await?;
+        Ok(Attempt::Held)
+    }
+
+    /// Gives the lease up if we hold it (others may take it at once), within the deadline.
+    pub async fn release(&self, client: &Client) -> Result<(), LeaseError> {
+        let deadline = self.deadline();
+        let release = async {
+            let api = self.api(client);
+            let Some(mut lease) = api.get_opt(&self.lease).await? else {
+                return Ok(());
+            };
+            let mut spec = lease.spec.clone().unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+                return Ok(());
+            }
+            spec.holder_identity = None;
+            spec.renew_time = None;
+            spec.acquire_time = None;
+            lease.spec = Some(spec);
+            api.replace(&self.lease, &PostParams::default(), &lease)
+                .await?;
+            tracing::info!(lease = %self.lease, identity = %self.identity, "released the lease");
+            Ok(())
+        };
+        tokio::time::timeout(deadline, release)
+            .await
+            .map_err(|_| LeaseError::Deadline(deadline))?
     }
 
     /// Waits until this process holds the lease.
@@ -115,18 +218,21 @@ impl LeaseLock {
     }
 
     /// Renews forever; returns when the lease is lost (another holder, or no renewal within
-    /// the lease duration). The caller must stop acting.
+    /// the lease duration, counted from when the last successful renewal was sent). The caller
+    /// must stop acting.
     pub async fn keep(&self, client: &Client) {
-        let mut last_renewed = tokio::time::Instant::now();
+        let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.renew_every).await;
+            let sent = Instant::now();
             match self.try_once(client).await {
-                Ok(Attempt::Held) => last_renewed = tokio::time::Instant::now(),
+                Ok(Attempt::Held) => last_renewed = sent,
                 Ok(Attempt::HeldByOther(holder)) => {
                     tracing::error!(%holder, lease = %self.lease, "lost the lease");
                     return;
                 }
-                Err(e) if last_renewed.elapsed() > self.lease_duration => {
+                Err(e) if last_renewed.elapsed() + self.renew_every > self.lease_duration => {
+                    // The next renewal would come too late: stop now, before others may act.
                     tracing::error!(error = %e, lease = %self.lease, "could not renew the lease in time");
                     return;
                 }

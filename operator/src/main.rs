@@ -242,12 +242,14 @@ async fn main() -> ExitCode {
             site_discovery: args.watch_nodes,
         },
         listen: args.listen,
-        election: args.leader_elect.then(|| LeaseLock {
-            namespace: args.lease_namespace.clone(),
-            lease: args.lease_name.clone(),
-            identity: identity.clone(),
-            lease_duration: Duration::from_secs(15),
-            renew_every: Duration::from_secs(5),
+        election: args.leader_elect.then(|| {
+            LeaseLock::new(
+                args.lease_namespace.clone(),
+                args.lease_name.clone(),
+                identity.clone(),
+                Duration::from_secs(15),
+                Duration::from_secs(5),
+            )
         }),
         watch_nodes: args.watch_nodes,
         concurrency: args.concurrency,

@@ -2,15 +2,19 @@
 //! reconciles and swarms. Settings carry the credential *contents* (read from Secrets on every
 //! reconcile), so a rotated Secret yields new settings and a new connection, and the old one is
 //! closed once no swarm uses it.
+//!
+//! No lock is held across a connect: the pool's map is locked only to find or insert the slot
+//! of a set of settings, and each slot connects on its own. A swarm whose server accepts and
+//! never answers delays only the reconciles that use the same settings, never the others.
 
 use crate::error::Error;
 use async_nats::jetstream::Context;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 /// How to authenticate.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
@@ -79,9 +83,13 @@ pub struct Pool {
     scratch: PathBuf,
 }
 
+/// The connection of one set of settings: empty until a connect succeeds; callers with the
+/// same settings wait on the one connecting, a failed connect leaves it empty for the next.
+type Slot = Arc<OnceCell<async_nats::Client>>;
+
 #[derive(Debug, Default)]
 struct PoolInner {
-    clients: HashMap<Settings, async_nats::Client>,
+    clients: HashMap<Settings, Slot>,
     users: HashMap<String, Settings>,
 }
 
@@ -96,23 +104,27 @@ impl Pool {
         })
     }
 
+    fn inner(&self) -> std::sync::MutexGuard<'_, PoolInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A JetStream context for `user` (e.g. `ns/swarm`) with `settings`.
     pub async fn jetstream(&self, user: &str, settings: &Settings) -> Result<Context, Error> {
-        let mut inner = self.inner.lock().await;
-        if let Some(old) = inner.users.insert(user.to_owned(), settings.clone())
-            && old != *settings
-            && !inner.users.values().any(|s| *s == old)
-        {
-            inner.clients.remove(&old);
-        }
-        let client = match inner.clients.get(settings) {
-            Some(c) => c.clone(),
-            None => {
-                let c = self.connect(settings).await?;
-                inner.clients.insert(settings.clone(), c.clone());
-                c
+        let slot = {
+            let mut inner = self.inner();
+            if let Some(old) = inner.users.insert(user.to_owned(), settings.clone())
+                && old != *settings
+                && !inner.users.values().any(|s| *s == old)
+            {
+                inner.clients.remove(&old);
             }
+            inner.clients.entry(settings.clone()).or_default().clone()
         };
+        // Outside the lock: connecting may take up to the timeout.
+        let client = slot
+            .get_or_try_init(|| self.connect(settings))
+            .await?
+            .clone();
         let mut js = match &settings.jetstream_domain {
             Some(d) => async_nats::jetstream::with_domain(client, d),
             None => async_nats::jetstream::new(client),
@@ -123,7 +135,7 @@ impl Pool {
 
     /// Forgets `user`; its connection closes when no other user has the same settings.
     pub async fn release(&self, user: &str) {
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.inner();
         if let Some(old) = inner.users.remove(user)
             && !inner.users.values().any(|s| *s == old)
         {
@@ -133,7 +145,11 @@ impl Pool {
 
     /// Open connections (for metrics and tests).
     pub async fn open_connections(&self) -> usize {
-        self.inner.lock().await.clients.len()
+        self.inner()
+            .clients
+            .values()
+            .filter(|slot| slot.initialized())
+            .count()
     }
 
     async fn connect(&self, s: &Settings) -> Result<async_nats::Client, Error> {

@@ -253,16 +253,18 @@ fn spawn_operator_as(
         .env("RUST_LOG", "warn,qis_operator=info")
         .env("QIS_WATCH_NAMESPACE", ns)
         .env("POD_NAMESPACE", ns)
-        .args([
-            "--nats-url",
-            nats_url,
-            "--resync",
-            "2s",
-            "--deletion-timeout",
-            "3s",
-            "--nats-timeout",
-            "1s",
-        ])
+        // The tests' defaults, unless `extra` sets the flag itself.
+        .args(
+            [
+                ("--nats-url", nats_url),
+                ("--resync", "2s"),
+                ("--deletion-timeout", "3s"),
+                ("--nats-timeout", "1s"),
+            ]
+            .into_iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [flag, value]),
+        )
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--scratch-dir")
         .arg(dir.join(format!("scratch-{port}")))
@@ -1844,4 +1846,81 @@ async fn rbac_is_what_the_operator_calls() {
         unused.is_empty(),
         "the RBAC grants what neither the operator calls nor the agents need: {unused:?}"
     );
+}
+
+/// A NATS "server" that accepts connections and never says a word; counts the connections it
+/// accepted and those the client closed since.
+struct SilentServer {
+    url: String,
+    accepted: std::sync::Arc<AtomicUsize>,
+    closed: std::sync::Arc<AtomicUsize>,
+}
+
+impl SilentServer {
+    fn start() -> SilentServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("nats://{}", listener.local_addr().expect("addr"));
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let closed = std::sync::Arc::new(AtomicUsize::new(0));
+        let (a, c) = (accepted.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    use std::io::Read;
+                    let mut buf = [0u8; 256];
+                    // Read (and ignore) whatever comes until the client hangs up.
+                    while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        SilentServer {
+            url,
+            accepted,
+            closed,
+        }
+    }
+}
+
+/// Proves a swarm whose NATS server accepts and never answers does not delay other swarms:
+/// while the operator is still inside that connect (its connection open, a 20 s timeout), a
+/// second swarm's stream is made and reported. Before, the connection pool held its lock across
+/// the connect, so every other swarm's reconcile waited for the silent one to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_nats_server_does_not_delay_other_swarms() {
+    let mut c = Cluster::start().await;
+    c.restart_operator(&["--nats-timeout", "20s"]);
+    let silent = SilentServer::start();
+    let mut stuck = swarm("stuck", None, &[]);
+    stuck.spec.nats = Some(qis_crds::NatsConnection {
+        url: Some(silent.url.clone()),
+        ..Default::default()
+    });
+    c.swarms()
+        .create(&PostParams::default(), &stuck)
+        .await
+        .expect("swarm");
+    eventually("the operator connects to the silent server", || async {
+        (silent.accepted.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    c.swarms()
+        .create(&PostParams::default(), &swarm("plant", None, &[]))
+        .await
+        .expect("swarm");
+    swarm_condition(&c, "plant", "StreamReady", "True", None).await;
+    assert_eq!(
+        silent.closed.load(Ordering::SeqCst),
+        0,
+        "the other swarm became ready only after the silent connect was given up"
+    );
+    assert!(
+        c.js().await.get_stream(c.stream("plant")).await.is_ok(),
+        "the stream exists"
+    );
+    // The silent swarm is reported once its connect times out.
+    swarm_condition(&c, "stuck", "StreamReady", "False", Some("NatsUnavailable")).await;
 }
