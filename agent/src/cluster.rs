@@ -3,6 +3,7 @@
 
 use crate::twins::SubjectSpec;
 use futures::StreamExt;
+use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use qis_crds::{QisSubject, QisSwarm, SynthesisSettings};
@@ -30,7 +31,10 @@ pub fn follow(
 ) -> watch::Receiver<Subjects> {
     let (tx, rx) = watch::channel((Vec::new(), SynthesisSettings::default()));
     tokio::spawn(async move {
-        let subjects: Api<QisSubject> = Api::namespaced(client.clone(), &namespace);
+        // Read through `DeserializeGuard`: one subject of the namespace that does not deserialize
+        // (stored under another CRD schema) failed the whole list, and the agent served none.
+        let subjects: Api<DeserializeGuard<QisSubject>> =
+            Api::namespaced(client.clone(), &namespace);
         let swarms: Api<QisSwarm> = Api::namespaced(client, &namespace);
         let (reader, writer) = reflector::store();
         // Every watcher event, `InitDone` included: the store swaps the initial list in only
@@ -48,16 +52,24 @@ pub fn follow(
                 },
                 _ = refresh.tick() => {}
             }
-            let defaults = swarms
-                .get_opt(&swarm)
-                .await
-                .ok()
-                .flatten()
-                .map(|s| s.spec.synthesis)
-                .unwrap_or_default();
-            let mut specs: Vec<SubjectSpec> = reader
-                .state()
+            let defaults = match swarms.get_opt(&swarm).await {
+                Ok(s) => s.map(|s| s.spec.synthesis).unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(%swarm, error = %e, "cannot read the swarm: its synthesis defaults are not applied");
+                    SynthesisSettings::default()
+                }
+            };
+            let state = reader.state();
+            for unreadable in state.iter().filter_map(|g| g.0.as_ref().err()) {
+                tracing::warn!(
+                    subject = unreadable.metadata.name.as_deref().unwrap_or_default(),
+                    error = %unreadable.error,
+                    "a subject of the namespace cannot be read; serving the others"
+                );
+            }
+            let mut specs: Vec<SubjectSpec> = state
                 .iter()
+                .filter_map(|g| g.0.as_ref().ok())
                 .filter(|s| {
                     s.spec.swarm_ref.name == swarm && s.metadata.deletion_timestamp.is_none()
                 })
@@ -66,7 +78,7 @@ pub fn follow(
             specs.sort_by(|a, b| a.name.cmp(&b.name));
             tracing::debug!(
                 subjects = specs.len(),
-                in_store = reader.state().len(),
+                in_store = state.len(),
                 "subjects of the swarm"
             );
             tx.send_if_modified(|cur| {

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod contain;
 pub mod deposit;
 pub mod intake;
 pub mod metrics;

@@ -177,7 +177,7 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
         for spec in specs {
             if !workers.contains_key(&spec.name) {
                 let (tx, rx) = watch::channel(false);
-                tokio::spawn(twins::run(
+                tokio::spawn(twins::run_contained(
                     shared.clone(),
                     spec.clone(),
                     defaults.clone(),

@@ -288,6 +288,38 @@ fn invalid_setting(field: &'static str, reason: &str) -> crate::synthesis::Inval
     }
 }
 
+/// Runs one subject until `stop` turns true, as [`run`] does; a panic in its worker (a bug,
+/// whatever set it off) is caught: the subject is reported refused in its view and counted in
+/// `qis_agent_subjects_refused_total` until it changes or goes, and the other subjects go on.
+pub async fn run_contained(
+    shared: Shared,
+    spec: SubjectSpec,
+    defaults: SynthesisSettings,
+    stop: watch::Receiver<bool>,
+) {
+    let name = spec.name.clone();
+    let mut after = stop.clone();
+    // Unwind safety: the worker shares views and metrics (locks that recover from poisoning)
+    // and the deposit queue; its own state is dropped with it.
+    let Err(message) = crate::contain::caught(run(shared.clone(), spec, defaults, stop)).await
+    else {
+        return;
+    };
+    tracing::error!(subject = %name, panic = %message, "subject worker panicked; serving the others");
+    shared.metrics.subjects_refused.inc();
+    set_view(&shared, &name, |v| {
+        v.bound = false;
+        v.standby = false;
+        v.invalid = Some(format!("the subject's worker panicked: {message}"));
+    });
+    while !*after.borrow() {
+        if after.changed().await.is_err() {
+            break;
+        }
+    }
+    remove_view(&shared, &name);
+}
+
 /// Runs one subject until `stop` turns true.
 pub async fn run(
     shared: Shared,

@@ -85,6 +85,8 @@ pub mod reason {
     pub const CONSUMER_LIMIT_REACHED: &str = "ConsumerLimitReached";
     /// No agent has reported consensus (yet, or lately).
     pub const NO_REPORT: &str = "NoReport";
+    /// A reconcile of the object panicked (a bug): caught, reported, retried with backoff.
+    pub const RECONCILE_PANICKED: &str = "ReconcilePanicked";
 }
 
 /// Consumers a swarm's stream admits unless `spec.stream.maxConsumers` says otherwise.

@@ -6,6 +6,7 @@ use crate::nats_connections::{Pool, Settings};
 use crate::workload::Defaults;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
+use kube::core::DeserializeGuard;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use qis_crds::QisSwarm;
@@ -43,8 +44,9 @@ pub struct Context {
     /// What server-side apply wrote last (to skip writes that change nothing).
     pub applied: Arc<crate::apply::Memo>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
-    /// Every swarm, kept by the watch that wakes subjects (see `run`).
-    swarms: Store<QisSwarm>,
+    /// Every swarm, kept by the watch that wakes subjects (see `run`); a swarm that does not
+    /// deserialize is kept as such, so it cannot keep the cache from listing the others.
+    swarms: Store<DeserializeGuard<QisSwarm>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -61,7 +63,7 @@ impl Context {
         config: Config,
         metrics: Arc<Metrics>,
         instance: Option<String>,
-        swarms: Store<QisSwarm>,
+        swarms: Store<DeserializeGuard<QisSwarm>>,
     ) -> Context {
         let reporter = Reporter {
             controller: "qis-operator".into(),
@@ -79,11 +81,24 @@ impl Context {
         }
     }
 
-    /// A swarm from the cache, once the cache has listed them all.
-    pub async fn swarm(&self, namespace: &str, name: &str) -> Option<Arc<QisSwarm>> {
+    /// A swarm from the cache, once the cache has listed them all: `Ok(None)` when there is no
+    /// such swarm, `Err` with the parser's message when it does not deserialize.
+    pub async fn swarm(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<QisSwarm>>, String> {
         // Fails only when the watch that fills the store is gone (the controller stops).
-        self.swarms.wait_until_ready().await.ok()?;
-        self.swarms.get(&ObjectRef::new(name).within(namespace))
+        if self.swarms.wait_until_ready().await.is_err() {
+            return Ok(None);
+        }
+        match self.swarms.get(&ObjectRef::new(name).within(namespace)) {
+            None => Ok(None),
+            Some(guard) => match &guard.0 {
+                Ok(swarm) => Ok(Some(Arc::new(swarm.clone()))),
+                Err(invalid) => Err(invalid.error.clone()),
+            },
+        }
     }
 
     /// Records an event; a failure to record is logged, never fatal.

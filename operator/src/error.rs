@@ -35,6 +35,8 @@ pub enum Error {
     Waiting(String),
     #[error("{0}")]
     MissingSecret(String),
+    #[error("the reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -47,7 +49,8 @@ impl Error {
             | Error::Kube(_)
             | Error::Finalizer(_)
             | Error::Waiting(_)
-            | Error::MissingSecret(_) => Category::Transient,
+            | Error::MissingSecret(_)
+            | Error::Panicked(_) => Category::Transient,
         }
     }
 
@@ -63,6 +66,7 @@ impl Error {
             Error::Kube(_) | Error::Finalizer(_) => reason::KUBE_API_ERROR,
             Error::Waiting(_) => reason::PROGRESSING,
             Error::MissingSecret(_) => reason::SECRET_NOT_FOUND,
+            Error::Panicked(_) => reason::RECONCILE_PANICKED,
         }
     }
 

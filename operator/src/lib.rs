@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod conditions;
 pub mod consumer_config;
+pub mod contain;
 pub mod context;
 pub mod error;
 pub mod http;

@@ -13,7 +13,7 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::runtime::{Predicate, PredicateConfig, WatchStreamExt, predicates};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use qis_crds::{QisSubject, QisSwarm};
 use qis_lease::LeaseLock;
 use std::net::SocketAddr;
@@ -21,13 +21,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A hash of what a swarm's subjects depend on: its identity, generation, prefix, sites and
-/// whether its stream is ready.
-fn what_subjects_see(swarm: &QisSwarm) -> Option<u64> {
+/// whether its stream is ready (and whether it can be read at all).
+fn what_subjects_see(guard: &DeserializeGuard<QisSwarm>) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    swarm.metadata.uid.hash(&mut h);
-    swarm.metadata.generation.hash(&mut h);
-    if let Some(st) = &swarm.status {
+    let meta = guard.meta();
+    meta.uid.hash(&mut h);
+    meta.generation.hash(&mut h);
+    guard.0.is_ok().hash(&mut h);
+    if let Ok(swarm) = &guard.0
+        && let Some(st) = &swarm.status
+    {
         st.subject_prefix.hash(&mut h);
         for s in &st.sites {
             s.name.hash(&mut h);
@@ -124,7 +128,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         None => None,
     };
     metrics.leader.set(1);
-    let (swarm_cache, swarm_cache_writer) = reflector::store::<QisSwarm>();
+    let (swarm_cache, swarm_cache_writer) = reflector::store::<DeserializeGuard<QisSwarm>>();
     let ctx = Arc::new(Context::new(
         client.clone(),
         options.config.clone(),
@@ -196,8 +200,11 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
     let subject_store = subject_ctl.store();
     // Subjects care about a swarm's prefix, sites and stream readiness, not its live stream
     // counters: without this filter every resync of a busy swarm would wake all its subjects.
+    // Read through `DeserializeGuard`: one swarm that does not deserialize (stored under
+    // another CRD schema) failed the whole list, the cache never became ready, and every
+    // subject reconcile waited for it.
     let swarm_changes = watcher::watcher(
-        watched::<QisSwarm>(&client, scope),
+        watched::<DeserializeGuard<QisSwarm>>(&client, scope),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -205,9 +212,9 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
     .touched_objects()
     .predicate_filter(what_subjects_see, PredicateConfig::default());
     let subjects = subject_ctl
-        .watches_stream(swarm_changes, move |swarm: QisSwarm| {
+        .watches_stream(swarm_changes, move |swarm: DeserializeGuard<QisSwarm>| {
             // Every subject of this swarm: it appeared, its sites or stream changed.
-            let (ns, name) = (swarm.namespace(), swarm.name_any());
+            let (ns, name) = (swarm.meta().namespace.clone(), swarm.name_any());
             subject_store
                 .state()
                 .into_iter()

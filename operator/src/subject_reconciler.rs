@@ -38,28 +38,31 @@ pub async fn reconcile(
         .reconciles
         .get_or_create(&KindLabel { kind: KIND })
         .inc();
-    let result = match &guard.0 {
-        Ok(subject) => {
-            let api: Api<QisSubject> =
-                Api::namespaced(ctx.client.clone(), &subject.namespace().unwrap_or_default());
-            finalizer::finalizer(
-                &api,
-                SUBJECT_FINALIZER,
-                Arc::new(subject.clone()),
-                |event| async {
-                    match event {
-                        FinalizerEvent::Apply(s) => apply(&s, &ctx).await,
-                        FinalizerEvent::Cleanup(s) => cleanup(&s, &ctx).await,
-                    }
-                },
-            )
-            .await
-            .map_err(crate::finalizer_error)
+    let result = crate::contain::reconcile_contained(guard.as_ref(), &ctx, async {
+        match &guard.0 {
+            Ok(subject) => {
+                let api: Api<QisSubject> =
+                    Api::namespaced(ctx.client.clone(), &subject.namespace().unwrap_or_default());
+                finalizer::finalizer(
+                    &api,
+                    SUBJECT_FINALIZER,
+                    Arc::new(subject.clone()),
+                    |event| async {
+                        match event {
+                            FinalizerEvent::Apply(s) => apply(&s, &ctx).await,
+                            FinalizerEvent::Cleanup(s) => cleanup(&s, &ctx).await,
+                        }
+                    },
+                )
+                .await
+                .map_err(crate::finalizer_error)
+            }
+            Err(invalid) => {
+                crate::unreadable::report::<QisSubject>(invalid, SUBJECT_FINALIZER, &ctx).await
+            }
         }
-        Err(invalid) => {
-            crate::unreadable::report::<QisSubject>(invalid, SUBJECT_FINALIZER, &ctx).await
-        }
-    };
+    })
+    .await;
     ctx.metrics.observe(KIND, started.elapsed());
     if result.is_ok() {
         ctx.succeeded(&crate::object_key(guard.as_ref()));
@@ -83,6 +86,7 @@ async fn swarm_view(subject: &QisSubject, ctx: &Context) -> Result<SwarmView, Er
     let swarm = ctx
         .swarm(&ns, swarm_name)
         .await
+        .map_err(|e| Error::Waiting(format!("swarm {swarm_name:?} cannot be read: {e}")))?
         .ok_or_else(|| Error::Waiting(format!("swarm {swarm_name:?} does not exist (yet)")))?;
     let status = swarm.status.clone().unwrap_or_default();
     if conditions::is_true(&status.conditions, condition::STREAM_READY) != Some(true) {

@@ -35,10 +35,15 @@ pub async fn reconcile(
         .reconciles
         .get_or_create(&KindLabel { kind: KIND })
         .inc();
-    let result = match &guard.0 {
-        Ok(swarm) => reconcile_readable(Arc::new(swarm.clone()), &ctx).await,
-        Err(invalid) => crate::unreadable::report::<QisSwarm>(invalid, SWARM_FINALIZER, &ctx).await,
-    };
+    let result = crate::contain::reconcile_contained(guard.as_ref(), &ctx, async {
+        match &guard.0 {
+            Ok(swarm) => reconcile_readable(Arc::new(swarm.clone()), &ctx).await,
+            Err(invalid) => {
+                crate::unreadable::report::<QisSwarm>(invalid, SWARM_FINALIZER, &ctx).await
+            }
+        }
+    })
+    .await;
     ctx.metrics.observe(KIND, started.elapsed());
     if result.is_ok() {
         ctx.succeeded(&crate::object_key(guard.as_ref()));
