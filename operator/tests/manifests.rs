@@ -127,8 +127,18 @@ fn chart_renders_valid_objects() {
         "nats.bundled.leafnode.enabled=true",
         "--set",
         "nats.bundled.leafnode.remoteUrl=nats-leaf://hub:7422",
+        "--set",
+        "watchNamespace=factory",
     ]);
     validate(&edge);
+    assert!(
+        edge.contains("--watch-namespace=factory"),
+        "watchNamespace scopes the operator"
+    );
+    assert!(
+        !helm(&["template", "qis", "charts/qis-operator"]).contains("--watch-namespace"),
+        "every namespace by default"
+    );
     assert!(
         edge.contains("nats://qis-qis-operator-nats.qis-system.svc:4222"),
         "the bundled NATS URL names its namespace: agents resolve it from the swarms' namespaces"
