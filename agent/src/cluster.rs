@@ -22,6 +22,9 @@ fn spec_of(prefix: &str, s: &QisSubject) -> SubjectSpec {
     }
 }
 
+/// How long reading the swarm (its synthesis defaults) may take.
+const SWARM_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Watches the swarm's subjects; sends the whole set on every change.
 pub fn follow(
     client: Client,
@@ -52,11 +55,18 @@ pub fn follow(
                 },
                 _ = refresh.tick() => {}
             }
-            let defaults = match swarms.get_opt(&swarm).await {
-                Ok(s) => s.map(|s| s.spec.synthesis).unwrap_or_default(),
-                Err(e) => {
-                    tracing::warn!(%swarm, error = %e, "cannot read the swarm: its synthesis defaults are not applied");
-                    SynthesisSettings::default()
+            // A failed read keeps the defaults last read: replacing them with the built-in
+            // ones would restart every subject's worker with settings nobody configured.
+            let read = tokio::time::timeout(SWARM_READ_DEADLINE, swarms.get_opt(&swarm)).await;
+            let defaults = match read {
+                Ok(Ok(s)) => s.map(|s| s.spec.synthesis).unwrap_or_default(),
+                Ok(Err(e)) => {
+                    tracing::warn!(%swarm, error = %e, "cannot read the swarm: keeping its synthesis defaults as last read");
+                    tx.borrow().1.clone()
+                }
+                Err(_) => {
+                    tracing::warn!(%swarm, "the API server did not answer in time: keeping the swarm's synthesis defaults as last read");
+                    tx.borrow().1.clone()
                 }
             };
             let state = reader.state();

@@ -76,6 +76,7 @@ enum Method {
 }
 
 fn main() -> ExitCode {
+    qis_agent::contain::abort_outside_contained_work();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, log_format } => run_agent(config, &log_format),

@@ -95,6 +95,7 @@ impl Reporter {
         let mut written: HashMap<String, Consensus> = HashMap::new();
         let mut tick = tokio::time::interval(self.interval);
         let mut holding = false;
+        let mut unfit_ticks = 0u32;
         loop {
             tokio::select! {
                 _ = stop.changed() => {
@@ -105,8 +106,11 @@ impl Reporter {
                 }
                 _ = tick.tick() => {}
             }
-            if !self.fit(&views) {
-                if holding {
+            // Unfit on two ticks running: a NATS reconnect or a rebind is no reason to hand
+            // the lease over (every handover rewrites every subject's status).
+            unfit_ticks = if self.fit(&views) { 0 } else { unfit_ticks + 1 };
+            if unfit_ticks > 0 {
+                if holding && unfit_ticks >= 2 {
                     tracing::info!(
                         "no NATS connection or no subject bound: giving the reporter lease up"
                     );

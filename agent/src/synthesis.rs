@@ -48,6 +48,8 @@ pub struct Settings {
     pub min_confidence: f64,
     pub trim_fraction: f64,
     pub limits: Limits,
+    /// Seconds a packet's timestamp may be ahead of the agent's clock.
+    pub max_clock_skew: f64,
 }
 
 /// What one subject's window may hold.
@@ -101,6 +103,7 @@ impl Default for Settings {
             min_confidence: 0.5,
             trim_fraction: 0.1,
             limits: Limits::default(),
+            max_clock_skew: Self::DEFAULT_MAX_CLOCK_SKEW,
         }
     }
 }
@@ -108,6 +111,8 @@ impl Default for Settings {
 impl Settings {
     /// Default window, seconds.
     pub const DEFAULT_WINDOW: f64 = 3600.0;
+    /// Default clock skew allowed ahead, seconds.
+    pub const DEFAULT_MAX_CLOCK_SKEW: f64 = 30.0;
 
     /// Fills the CRD's unset fields with the documented defaults; refuses a value the agent
     /// cannot use (a duration out of range, a number outside its bounds), naming its field.
@@ -169,6 +174,7 @@ impl Settings {
             },
             min_confidence: unit("minConfidence", s.min_confidence, 1.0, d.min_confidence)?,
             trim_fraction: unit("trimFraction", s.trim_fraction, 0.45, d.trim_fraction)?,
+            max_clock_skew: secs("maxClockSkew", s.max_clock_skew)?.unwrap_or(d.max_clock_skew),
             limits: Limits {
                 voters: limit("maxVoters", s.max_voters, MAX_VOTERS, d.limits.voters)?,
                 packets: limit("maxPackets", s.max_packets, MAX_PACKETS, d.limits.packets)?,
@@ -193,6 +199,7 @@ impl Settings {
             min_confidence: 0.0,
             trim_fraction: 0.0,
             limits: Limits::default(),
+            max_clock_skew: f64::INFINITY,
         }
     }
 }
@@ -214,6 +221,8 @@ pub enum Ingest {
     VotersFull,
     /// Not counted: it names a problem beyond the window's limit.
     ProblemsFull,
+    /// Not counted: stamped further ahead of the agent's clock than `maxClockSkew`.
+    FromTheFuture,
 }
 
 #[derive(Debug, Clone)]
@@ -369,6 +378,9 @@ impl Synthesizer {
         if packet.timestamp < now - self.settings.window {
             return Ingest::Expired;
         }
+        if packet.timestamp > now + self.settings.max_clock_skew {
+            return Ingest::FromTheFuture;
+        }
         let age = Age {
             timestamp: packet.timestamp,
             id: hash_id(&meta.id),
@@ -400,9 +412,16 @@ impl Synthesizer {
             }
             _ => {}
         }
-        let Some(problem) = self.problem_for(&packet.problem()) else {
-            self.evictions.problems += 1;
-            return Ingest::ProblemsFull;
+        let frees_a_place = old
+            .as_ref()
+            .is_some_and(|(_, p)| self.problems.get(p) == Some(&1));
+        let problem = match self.problem_for(&packet.problem()) {
+            Some(p) => p,
+            None if frees_a_place => packet.problem().into(),
+            None => {
+                self.evictions.problems += 1;
+                return Ingest::ProblemsFull;
+            }
         };
         self.remember(age);
         if let Some((old_age, old_problem)) = old {
@@ -411,9 +430,13 @@ impl Synthesizer {
         }
         *self.problems.entry(problem.clone()).or_default() += 1;
         self.vote_ages.insert((age, voter.clone()));
+        let agent = match self.settings.method {
+            SynthesisMethod::Seed => packet.agent_id.as_str().into(),
+            _ => voter.clone(),
+        };
         let vote = Vote {
             id: age.id,
-            agent: packet.agent_id.as_str().into(),
+            agent,
             problem,
             confidence: packet.confidence,
             timestamp: packet.timestamp,
@@ -470,9 +493,17 @@ impl Synthesizer {
                 .then(a.timestamp.total_cmp(&b.timestamp))
                 .then(a.id.cmp(&b.id))
         });
+        // Weighed as of the newest vote (at most `now`): every result is a ratio of weights, so
+        // this changes none, and the newest vote weighs 1. Weighed as of `now`, a window many
+        // half-lives long made every weight underflow to 0 and the results 0/0.
+        let reference = votes
+            .iter()
+            .map(|v| v.timestamp)
+            .fold(f64::NEG_INFINITY, f64::max)
+            .min(now);
         let weights: Vec<f64> = votes
             .iter()
-            .map(|v| self.weight(v.timestamp, now))
+            .map(|v| self.weight(v.timestamp, reference))
             .collect();
         let mut tally: HashMap<&str, (f64, usize)> = HashMap::new();
         for (v, w) in votes.iter().zip(&weights) {

@@ -136,6 +136,9 @@ fn take(
     metrics
         .synthesis_latency
         .observe(started.elapsed().as_secs_f64());
+    if outcome == Ingest::FromTheFuture {
+        return Err("timestamp_in_future");
+    }
     Ok(outcome)
 }
 

@@ -21,7 +21,7 @@ fn packet(agent: &str, class: &str, confidence: f64, timestamp: f64) -> OutcomeP
     }
 }
 
-/// A meta with a unique id per packet (no hashing: the flood is a million packets).
+/// A meta with a unique id per packet (no SHA-256 of a body: the flood is a million packets).
 fn meta(id: String) -> PacketMeta {
     PacketMeta {
         id,
@@ -186,4 +186,99 @@ fn forgotten_packet_ids_do_not_count_a_redelivered_vote_twice() {
             problems: 0
         }
     );
+}
+
+/// Proves a packet stamped beyond the clock skew is not counted: under an honest agent's id it
+/// would otherwise supersede every real packet of that agent and never expire.
+#[test]
+fn a_packet_from_the_future_is_not_counted() {
+    let mut s = Synthesizer::new(settings(Limits::default()));
+    let honest = packet("hall-b", "bearing-wear", 0.9, NOW);
+    assert_eq!(s.ingest(&honest, &meta("b-0".into()), NOW), Ingest::Voted);
+    let forged = packet("hall-b", "none", 0.1, NOW + 1e6);
+    assert_eq!(
+        s.ingest(&forged, &meta("forged".into()), NOW),
+        Ingest::FromTheFuture
+    );
+    let within = packet("hall-b", "bearing-wear", 0.8, NOW + 10.0);
+    assert_eq!(s.ingest(&within, &meta("b-1".into()), NOW), Ingest::Voted);
+    let snap = s.snapshot(NOW).expect("votes");
+    assert_eq!(snap.problem, "hvac.bearing-wear");
+    assert_eq!(snap.weighted_confidence, 0.8);
+}
+
+/// Proves a replaced vote's old expiry entry is gone: when the old packet's time leaves the
+/// window, the agent's current vote stays.
+#[test]
+fn a_replaced_vote_outlives_its_predecessors_expiry() {
+    let mut s = Synthesizer::new(Settings {
+        window: 60.0,
+        ..settings(Limits::default())
+    });
+    let old = packet("hall-a", "bearing-wear", 0.5, NOW);
+    assert_eq!(s.ingest(&old, &meta("a-0".into()), NOW), Ingest::Voted);
+    let new = packet("hall-a", "bearing-wear", 0.9, NOW + 30.0);
+    assert_eq!(
+        s.ingest(&new, &meta("a-1".into()), NOW + 30.0),
+        Ingest::Voted
+    );
+    // NOW has left the window, NOW + 30 has not.
+    let snap = s.snapshot(NOW + 70.0).expect("the current vote stays");
+    assert_eq!(snap.agents, 1);
+    assert_eq!(snap.weighted_confidence, 0.9);
+    assert_eq!(s.packets_in_window(), 1);
+    assert!(
+        s.snapshot(NOW + 91.0).is_none(),
+        "and expires in its own time"
+    );
+}
+
+/// Proves an agent that alone names a problem may move to a new one while the problems are
+/// full: its move frees the place it held.
+#[test]
+fn the_only_voter_of_a_problem_may_move_when_the_problems_are_full() {
+    let limits = Limits {
+        voters: 10,
+        packets: 100,
+        problems: 2,
+    };
+    let mut s = Synthesizer::new(settings(limits));
+    let a = packet("a", "p1", 0.5, NOW);
+    let b = packet("b", "p2", 0.5, NOW);
+    assert_eq!(s.ingest(&a, &meta("a0".into()), NOW), Ingest::Voted);
+    assert_eq!(s.ingest(&b, &meta("b0".into()), NOW), Ingest::Voted);
+    let moved = packet("b", "p3", 0.5, NOW + 1.0);
+    assert_eq!(
+        s.ingest(&moved, &meta("b1".into()), NOW + 1.0),
+        Ingest::Voted
+    );
+    assert_eq!(s.problems(), 2);
+    let other = packet("c", "p4", 0.5, NOW + 2.0);
+    assert_eq!(
+        s.ingest(&other, &meta("c0".into()), NOW + 2.0),
+        Ingest::ProblemsFull
+    );
+}
+
+/// Proves a window many half-lives long gives numbers, not 0/0: weights are taken relative to
+/// the newest vote.
+#[test]
+fn a_window_of_many_half_lives_still_gives_a_consensus() {
+    let mut s = Synthesizer::new(Settings {
+        window: 3600.0,
+        half_life: Some(1.0),
+        ..settings(Limits::default())
+    });
+    for (i, agent) in ["a", "b", "c"].iter().enumerate() {
+        let t = NOW - 3000.0 + i as f64;
+        let p = packet(agent, "bearing-wear", 0.9, t);
+        assert_eq!(s.ingest(&p, &meta(agent.to_string()), NOW), Ingest::Voted);
+    }
+    let snap = s.snapshot(NOW).expect("votes");
+    assert!(
+        snap.strength.is_finite() && snap.strength == 1.0,
+        "{snap:?}"
+    );
+    assert!(snap.effective_n.is_finite(), "{snap:?}");
+    assert!((snap.weighted_confidence - 0.9).abs() < 1e-12, "{snap:?}");
 }

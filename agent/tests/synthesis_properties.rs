@@ -44,6 +44,7 @@ fn full(method: SynthesisMethod) -> Settings {
         min_confidence: 0.5,
         trim_fraction: 0.1,
         limits: Default::default(),
+        max_clock_skew: Settings::DEFAULT_MAX_CLOCK_SKEW,
     }
 }
 

@@ -86,12 +86,17 @@ pub struct SynthesisSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_PROBLEMS))]
     pub max_problems: Option<u32>,
+    /// How far ahead of the receiving agent's clock a packet's timestamp may be. A packet
+    /// stamped further ahead is not counted (it would outlive the window and, under decay,
+    /// outweigh every honest vote), and is counted by rule `timestamp_in_future`. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_clock_skew: Option<Duration>,
 }
 
 /// Largest `maxVoters`.
-pub const MAX_VOTERS: u32 = 1_000_000;
+pub const MAX_VOTERS: u32 = 100_000;
 /// Largest `maxPackets`.
-pub const MAX_PACKETS: u32 = 10_000_000;
+pub const MAX_PACKETS: u32 = 1_000_000;
 /// Largest `maxProblems`.
 pub const MAX_PROBLEMS: u32 = 100_000;
 
@@ -111,6 +116,7 @@ impl SynthesisSettings {
             max_voters: self.max_voters.or(defaults.max_voters),
             max_packets: self.max_packets.or(defaults.max_packets),
             max_problems: self.max_problems.or(defaults.max_problems),
+            max_clock_skew: self.max_clock_skew.or(defaults.max_clock_skew),
         }
     }
 }

@@ -99,8 +99,10 @@ impl LeaseLock {
             previous.and_then(|p| p.holder_identity.as_deref()) == Some(self.identity.as_str());
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
+            // Rounded up: others must never wait less than this holder counts on.
             lease_duration_seconds: Some(
-                i32::try_from(self.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX),
+                i32::try_from(self.lease_duration.as_secs_f64().ceil().max(1.0) as u64)
+                    .unwrap_or(i32::MAX),
             ),
             acquire_time: if ours {
                 previous.and_then(|p| p.acquire_time.clone())
@@ -200,13 +202,15 @@ impl LeaseLock {
             .map_err(|_| LeaseError::Deadline(deadline))?
     }
 
-    /// Waits until this process holds the lease.
-    pub async fn acquire(&self, client: &Client) {
+    /// Waits until this process holds the lease; returns when the winning attempt was sent
+    /// (what [`LeaseLock::keep`] counts the lease from).
+    pub async fn acquire(&self, client: &Client) -> Instant {
         loop {
+            let sent = Instant::now();
             match self.try_once(client).await {
                 Ok(Attempt::Held) => {
                     tracing::info!(lease = %self.lease, identity = %self.identity, "holding the lease");
-                    return;
+                    return sent;
                 }
                 Ok(Attempt::HeldByOther(holder)) => {
                     tracing::debug!(%holder, "lease held by another replica")
@@ -217,11 +221,12 @@ impl LeaseLock {
         }
     }
 
-    /// Renews forever; returns when the lease is lost (another holder, or no renewal within
-    /// the lease duration, counted from when the last successful renewal was sent). The caller
-    /// must stop acting.
-    pub async fn keep(&self, client: &Client) {
-        let mut last_renewed = Instant::now();
+    /// Renews forever, from a hold won by an attempt sent at `held_since`; returns when the
+    /// lease is lost (another holder), or as soon as the next renewal could complete only after
+    /// others may take over (the lease counted from the send time of the last successful
+    /// renewal). The caller must stop acting.
+    pub async fn keep(&self, client: &Client, held_since: Instant) {
+        let mut last_renewed = held_since;
         loop {
             tokio::time::sleep(self.renew_every).await;
             let sent = Instant::now();
@@ -231,8 +236,10 @@ impl LeaseLock {
                     tracing::error!(%holder, lease = %self.lease, "lost the lease");
                     return;
                 }
-                Err(e) if last_renewed.elapsed() + self.renew_every > self.lease_duration => {
-                    // The next renewal would come too late: stop now, before others may act.
+                Err(e)
+                    if last_renewed.elapsed() + self.renew_every + self.deadline()
+                        >= self.lease_duration =>
+                {
                     tracing::error!(error = %e, lease = %self.lease, "could not renew the lease in time");
                     return;
                 }

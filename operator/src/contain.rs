@@ -5,7 +5,9 @@
 //! stream and stopped reconciling every object of that kind.
 //!
 //! This needs unwinding: the release profile keeps `panic = "unwind"` (see the workspace
-//! `Cargo.toml`).
+//! `Cargo.toml`). A panic outside a reconcile (the watches, the HTTP server, the lease) aborts
+//! the process, as `panic = "abort"` did ([`abort_outside_reconciles`]): a restarted pod is
+//! better than one that looks alive and reconciles nothing.
 
 use crate::context::Context;
 use crate::error::Error;
@@ -27,6 +29,23 @@ fn message(panic: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
+tokio::task_local! {
+    /// Set while a reconcile runs.
+    static IN_RECONCILE: ();
+}
+
+/// Installs a panic hook that aborts the process after the usual report, unless the panic
+/// happened inside a reconcile run by [`caught`].
+pub fn abort_outside_reconciles() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if IN_RECONCILE.try_with(|_| ()).is_err() {
+            std::process::abort();
+        }
+    }));
+}
+
 /// Runs `reconcile`; a panic inside it becomes [`Error::Panicked`].
 pub async fn caught<F>(reconcile: F) -> Result<Action, Error>
 where
@@ -34,6 +53,7 @@ where
 {
     // Unwind safety: the reconcile shares only the context (caches, pools, metrics behind
     // locks that recover from poisoning) and the object it read, which it does not mutate.
+    let reconcile = IN_RECONCILE.scope((), reconcile);
     match AssertUnwindSafe(reconcile).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => Err(Error::Panicked(message(panic.as_ref()))),

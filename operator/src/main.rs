@@ -188,6 +188,7 @@ fn default_nats(a: &Args) -> Result<Settings, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    qis_operator::contain::abort_outside_reconciles();
     let args = Args::parse();
     if let Some(Command::NatsPermissions {
         namespace,
@@ -247,8 +248,10 @@ async fn main() -> ExitCode {
                 args.lease_namespace.clone(),
                 args.lease_name.clone(),
                 identity.clone(),
+                // client-go's defaults: a 15 s lease renewed every 2 s (each attempt's
+                // deadline 2 s); a leader that cannot renew stops after about 11 s.
                 Duration::from_secs(15),
-                Duration::from_secs(5),
+                Duration::from_secs(2),
             )
         }),
         watch_nodes: args.watch_nodes,

@@ -121,9 +121,11 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
     ready.store(true, Ordering::Relaxed);
     let lost_lease = match options.election.clone() {
         Some(election) => {
-            election.acquire(&client).await;
+            let held_since = election.acquire(&client).await;
             let c = client.clone();
-            Some(tokio::spawn(async move { election.keep(&c).await }))
+            Some(tokio::spawn(
+                async move { election.keep(&c, held_since).await },
+            ))
         }
         None => None,
     };
@@ -241,7 +243,15 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
     match lost_lease {
         Some(lease) => {
             tokio::select! {
-                _ = controllers => Ok(()),
+                _ = controllers => {
+                    // A clean stop hands over at once rather than a lease duration later.
+                    if let Some(election) = &options.election
+                        && let Err(e) = election.release(&client).await
+                    {
+                        tracing::warn!(error = %e, "cannot release the leader lease");
+                    }
+                    Ok(())
+                }
                 _ = lease => Err("lost the leader lease".to_owned()),
             }
         }

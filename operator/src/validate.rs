@@ -195,6 +195,9 @@ fn synthesis(field: &str, s: &qis_crds::SynthesisSettings) -> Result<(), Error> 
     if let Some(p) = s.publish_interval {
         positive(&format!("{field}.publishInterval"), p)?;
     }
+    if let Some(d) = s.max_clock_skew {
+        duration(&format!("{field}.maxClockSkew"), d)?;
+    }
     if s.quorum == Some(0) {
         return Err(invalid(&format!("{field}.quorum"), "must be at least 1"));
     }
