@@ -348,6 +348,7 @@ fn main() {
             listen: ([127, 0, 0, 1], port).into(),
             data_dir: tempfile::tempdir().expect("tmp").keep(),
             outbox_max: 1_000_000,
+            intake: Default::default(),
         })
         .expect("config");
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);

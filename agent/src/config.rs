@@ -132,6 +132,163 @@ pub struct FileConfig {
     /// Outbox capacity in packets; when full the oldest is dropped. Default 10000.
     #[serde(default = "default_outbox")]
     pub outbox_max: usize,
+    /// Limits of the HTTP intake (every field optional).
+    #[serde(default)]
+    pub intake: IntakeFile,
+}
+
+/// The `intake` section of `agent.yaml`: what is left out takes its default.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntakeFile {
+    #[serde(default)]
+    pub max_connections: Option<Setting>,
+    #[serde(default)]
+    pub header_timeout: Option<Setting>,
+    #[serde(default)]
+    pub body_timeout: Option<Setting>,
+    #[serde(default)]
+    pub body_budget: Option<Setting>,
+    #[serde(default)]
+    pub queue_wait: Option<Setting>,
+}
+
+/// A setting as YAML gives it: a number or a string (checked later, naming the field).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Setting {
+    Number(u64),
+    Text(String),
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Number(n) => write!(f, "{n}"),
+            Setting::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// Limits of the HTTP intake against clients that are slow, many or large (see
+/// `docs/agent.md`, "Intake limits").
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntakeLimits {
+    /// Open connections at most; the next one is answered 503 at once and closed.
+    pub max_connections: usize,
+    /// Time to send a request's headers, from the connection's start or the end of the
+    /// previous response (so also how long an idle keep-alive connection is kept).
+    pub header_timeout: Duration,
+    /// Time to send a request's body, from the end of its headers.
+    pub body_timeout: Duration,
+    /// Bytes of batch bodies held at once (read, parsed, queued), all requests together.
+    pub body_budget: usize,
+    /// How long a request waits for room (body budget, deposit queue) before 503 with
+    /// `Retry-After`.
+    pub queue_wait: Duration,
+}
+
+impl Default for IntakeLimits {
+    fn default() -> Self {
+        IntakeLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            body_budget: 8 * 1024 * 1024,
+            queue_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Longest timeout or wait the intake takes (a longer one would all but disable it).
+const MAX_INTAKE_WAIT: Duration = Duration::from_secs(3600);
+/// Most connections the intake takes (each one is a file descriptor and ~10 KiB).
+const MAX_CONNECTIONS: usize = 65_536;
+
+fn intake_count(field: &str, v: &str, min: usize, max: usize) -> Result<usize, ConfigError> {
+    let n: usize = v
+        .trim()
+        .parse()
+        .map_err(|e| invalid(field, format!("{v:?}: {e}")))?;
+    if n < min || n > max {
+        return Err(invalid(field, format!("{n} is not within {min}..={max}")));
+    }
+    Ok(n)
+}
+
+fn intake_wait(field: &str, v: &str, zero: bool) -> Result<Duration, ConfigError> {
+    let d =
+        qis_crds::duration::parse(v.trim()).map_err(|e| invalid(field, format!("{v:?} {e}")))?;
+    if d.is_zero() && !zero {
+        return Err(invalid(field, "must be positive"));
+    }
+    if d > MAX_INTAKE_WAIT {
+        return Err(invalid(field, format!("{v:?} is over 1h")));
+    }
+    Ok(d)
+}
+
+impl IntakeLimits {
+    /// The limits from five optional settings, each named as the user wrote it (an
+    /// `agent.yaml` field or a `QIS_INTAKE_*` variable) in its error.
+    pub fn from_settings(
+        get: impl Fn(usize) -> Option<String>,
+        names: [&str; 5],
+    ) -> Result<IntakeLimits, ConfigError> {
+        let d = IntakeLimits::default();
+        let min_budget = crate::intake::MAX_BATCH_BYTES;
+        Ok(IntakeLimits {
+            max_connections: match get(0) {
+                Some(v) => intake_count(names[0], &v, 1, MAX_CONNECTIONS)?,
+                None => d.max_connections,
+            },
+            header_timeout: match get(1) {
+                Some(v) => intake_wait(names[1], &v, false)?,
+                None => d.header_timeout,
+            },
+            body_timeout: match get(2) {
+                Some(v) => intake_wait(names[2], &v, false)?,
+                None => d.body_timeout,
+            },
+            body_budget: match get(3) {
+                Some(v) => intake_count(names[3], &v, min_budget, 1 << 30)?,
+                None => d.body_budget,
+            },
+            queue_wait: match get(4) {
+                Some(v) => intake_wait(names[4], &v, true)?,
+                None => d.queue_wait,
+            },
+        })
+    }
+
+    fn from_file(f: &IntakeFile) -> Result<IntakeLimits, ConfigError> {
+        let values = [
+            &f.max_connections,
+            &f.header_timeout,
+            &f.body_timeout,
+            &f.body_budget,
+            &f.queue_wait,
+        ];
+        Self::from_settings(
+            |i| values[i].as_ref().map(ToString::to_string),
+            [
+                "intake.maxConnections",
+                "intake.headerTimeout",
+                "intake.bodyTimeout",
+                "intake.bodyBudget",
+                "intake.queueWait",
+            ],
+        )
+    }
+
+    /// The `QIS_INTAKE_*` variables of an agent pod.
+    pub const ENV: [&'static str; 5] = [
+        "QIS_INTAKE_MAX_CONNECTIONS",
+        "QIS_INTAKE_HEADER_TIMEOUT",
+        "QIS_INTAKE_BODY_TIMEOUT",
+        "QIS_INTAKE_BODY_BUDGET",
+        "QIS_INTAKE_QUEUE_WAIT",
+    ];
 }
 
 fn yes() -> bool {
@@ -171,6 +328,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub outbox_max: usize,
+    pub intake: IntakeLimits,
     pub mode: Mode,
     /// Least time between two status writes of one subject.
     pub report_interval: Duration,
@@ -206,6 +364,7 @@ impl Config {
             listen: f.listen,
             data_dir: f.data_dir,
             outbox_max: f.outbox_max.max(1),
+            intake: IntakeLimits::from_file(&f.intake)?,
             mode: Mode::Standalone {
                 subjects: f.subjects,
                 defaults: f.synthesis,
@@ -266,6 +425,10 @@ impl Config {
                     .map_err(|e| invalid("QIS_OUTBOX_MAX", format!("{v:?}: {e}")))?,
                 None => default_outbox(),
             },
+            intake: IntakeLimits::from_settings(
+                |i| get(IntakeLimits::ENV[i]).filter(|v| !v.is_empty()),
+                IntakeLimits::ENV,
+            )?,
             mode: Mode::Cluster {
                 namespace: need("QIS_NAMESPACE")?,
                 swarm: need("QIS_SWARM")?,

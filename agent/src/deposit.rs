@@ -47,13 +47,42 @@ impl Entry {
     }
 }
 
+/// Why packets were not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// No room for all of them within the wait (or more than the queue holds).
+    #[error("the deposit queue is full")]
+    Full,
+    #[error("the deposit pump has stopped")]
+    Stopped,
+}
+
 impl Depositor {
-    /// Queues a packet; waits when the queue is full (back-pressure on the intake).
+    /// Queues a packet; waits when the queue is full (back-pressure on the caller).
     pub async fn send(&self, e: Entry) -> Result<(), String> {
         self.tx
             .send(Request::Packet(e))
             .await
-            .map_err(|_| "the deposit pump has stopped".to_owned())
+            .map_err(|_| SendError::Stopped.to_string())
+    }
+
+    /// Queues all of `entries` or none: waits at most `wait` for room for all of them.
+    pub async fn send_within(&self, entries: Vec<Entry>, wait: Duration) -> Result<(), SendError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if entries.len() > self.tx.max_capacity() {
+            return Err(SendError::Full);
+        }
+        let permits = match tokio::time::timeout(wait, self.tx.reserve_many(entries.len())).await {
+            Err(_) => return Err(SendError::Full),
+            Ok(Err(_)) => return Err(SendError::Stopped),
+            Ok(Ok(p)) => p,
+        };
+        for (permit, e) in permits.zip(entries) {
+            permit.send(Request::Packet(e));
+        }
+        Ok(())
     }
 
     /// Waits until every packet queued so far is delivered, or `timeout`; returns how many are

@@ -28,7 +28,9 @@ pub struct EvictionLabel {
 pub struct Metrics {
     /// Packets taken in through the intake.
     pub packets_in: Counter,
-    /// Packets refused (intake or twins), by the rule they broke.
+    /// Packets and requests refused (intake or twins), by the rule they broke; the intake's
+    /// own limits count here too (`connection_limit`, `header_timeout`, `body_timeout`,
+    /// `body_too_large`, `busy`, `queue_full`, …).
     pub packets_refused: Family<RuleLabel, Counter>,
     /// Packets deposited (acked by JetStream).
     pub packets_out: Counter,
@@ -50,6 +52,8 @@ pub struct Metrics {
     pub subjects_refused: Counter,
     /// Packets a subject's window limits turned away, by subject and limit.
     pub synthesis_evictions: Family<EvictionLabel, Counter>,
+    /// Open intake connections.
+    pub intake_connections: Gauge,
     pub registry: Registry,
 }
 
@@ -70,6 +74,7 @@ impl Default for Metrics {
             status_writes: Counter::default(),
             subjects_refused: Counter::default(),
             synthesis_evictions: Family::default(),
+            intake_connections: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +137,11 @@ impl Default for Metrics {
             "synthesis_evictions",
             "Packets a subject's window limits turned away (maxVoters, maxPackets, maxProblems)",
             m.synthesis_evictions.clone(),
+        );
+        registry.register(
+            "intake_connections",
+            "Open intake connections",
+            m.intake_connections.clone(),
         );
         Metrics { registry, ..m }
     }

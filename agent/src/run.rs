@@ -91,19 +91,20 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
         max_hops: 1,
         connected: connected.clone(),
         accepting: accepting.clone(),
+        limits: config.intake.clone(),
+        budget: intake::limits::BodyBudget::new(config.intake.body_budget),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
     tracing::info!(listen = %listener.local_addr().map_err(|e| e.to_string())?, agent = %config.agent_id, site = %config.site, "agent started");
-    let mut http_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, intake::router(api))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let server = tokio::spawn(intake::server::serve(
+        listener,
+        intake::router(api),
+        config.intake.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
 
     // Where the subjects come from (a fixed list standalone: its sender is kept alive here).
     let mut fixed: Option<watch::Sender<(Vec<SubjectSpec>, SynthesisSettings)>> = None;

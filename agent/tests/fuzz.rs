@@ -166,6 +166,8 @@ async fn intake_survives_mutations() {
         max_hops: 1,
         connected: Default::default(),
         accepting: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        limits: Default::default(),
+        budget: qis_agent::intake::limits::BodyBudget::new(8 << 20),
     };
     let app = qis_agent::intake::router(api);
     let seeds = seeds();

@@ -67,6 +67,7 @@ impl Agent {
             listen: ([127, 0, 0, 1], port).into(),
             data_dir: data.to_owned(),
             outbox_max: 10_000,
+            intake: Default::default(),
         };
         let config = Config::from_file_config(file).expect("config");
         let (stop, rx) = watch::channel(false);

@@ -2,11 +2,18 @@
 //! seed's body, checked by every rule before anything leaves the device) and `GET` the local
 //! consensus; operations get `/healthz`, `/readyz`, `/metrics`.
 //!
-//! Refusals answer 4xx with `{"error": …, "rule": …}` and are counted by rule: 413 for a body
+//! Refusals answer with `{"error": …, "rule": …}` and are counted by rule: 413 for a body
 //! over 512 bytes, 400 for a body that is not the seed's object, 422 for a value that breaks a
-//! rule (including a synthesis packet over the hop limit).
+//! rule (including a synthesis packet over the hop limit), and for hostile clients the limits
+//! of [`limits`] (size on every route, body deadline, batch budget) and [`server`]
+//! (connection cap, header deadline), and 503 with `Retry-After` when the deposit queue has no
+//! room within `queueWait`.
 
-use crate::deposit::Depositor;
+pub mod limits;
+pub mod server;
+
+use crate::config::IntakeLimits;
+use crate::deposit::{Depositor, SendError};
 use crate::metrics::Metrics;
 use crate::outbox::Entry;
 use crate::packet::{OutcomePacket, PacketError, PacketKind, PacketMeta};
@@ -33,6 +40,8 @@ pub struct Api {
     pub max_hops: u8,
     pub connected: Arc<AtomicBool>,
     pub accepting: Arc<AtomicBool>,
+    pub limits: IntakeLimits,
+    pub budget: limits::BodyBudget,
 }
 
 fn refuse(api: &Api, code: StatusCode, rule: &'static str, error: String) -> Response {
@@ -117,6 +126,20 @@ fn check<'a>(
     })
 }
 
+/// The answer when the deposit queue did not take the packets.
+fn not_queued(api: &Api, e: SendError, n: usize) -> Response {
+    match e {
+        SendError::Full => {
+            let msg = format!(
+                "the deposit queue had no room for {n} packet(s) within {:?}; nothing was deposited",
+                api.limits.queue_wait
+            );
+            limits::busy(api, "queue_full", msg)
+        }
+        SendError::Stopped => shutting_down(),
+    }
+}
+
 fn shutting_down() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -135,16 +158,13 @@ async fn post_outcome(State(api): State<Api>, headers: HeaderMap, body: Bytes) -
         Err((code, rule, msg)) => return refuse(&api, code, rule, msg),
     };
     let id = c.meta.id.clone();
+    let entry = Entry::new(c.subject.clone(), &c.canonical, &c.meta);
     if let Err(e) = api
         .depositor
-        .send(Entry::new(c.subject.clone(), &c.canonical, &c.meta))
+        .send_within(vec![entry], api.limits.queue_wait)
         .await
     {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"error": e})),
-        )
-            .into_response();
+        return not_queued(&api, e, 1);
     }
     api.metrics.packets_in.inc();
     (
@@ -171,65 +191,63 @@ async fn post_batch(State(api): State<Api>, body: Bytes) -> Response {
         let msg = format!("a batch of {} bytes is over {MAX_BATCH_BYTES}", body.len());
         return refuse(&api, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", msg);
     }
-    let lines: Vec<(usize, &[u8])> = body
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .map(|(n, l)| (n + 1, l.trim_ascii()))
-        .filter(|(_, l)| !l.is_empty())
-        .collect();
-    if lines.len() > MAX_BATCH_PACKETS {
-        let msg = format!(
-            "a batch of {} packets is over {MAX_BATCH_PACKETS}",
-            lines.len()
-        );
+    // Lines are walked twice (counted, then checked), never collected: what the batch holds
+    // is its body, the checked packets (at most 1000, each under 1 KiB) and 10 refusals.
+    let lines = || {
+        body.split(|b| *b == b'\n')
+            .enumerate()
+            .map(|(n, l)| (n + 1, l.trim_ascii()))
+            .filter(|(_, l)| !l.is_empty())
+    };
+    let count = lines().take(MAX_BATCH_PACKETS + 1).count();
+    if count > MAX_BATCH_PACKETS {
+        let msg = format!("a batch of more than {MAX_BATCH_PACKETS} packets");
         return refuse(&api, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", msg);
     }
-    let mut checked = Vec::with_capacity(lines.len());
+    let mut entries = Vec::with_capacity(count);
+    let mut ids = Vec::with_capacity(count);
     let mut refused = Vec::new();
-    for (n, line) in &lines {
+    let mut refused_count = 0usize;
+    let mut first: Option<(StatusCode, &'static str)> = None;
+    for (n, line) in lines() {
         // Lines carry outcome packets: no per-line headers, so none from the request either.
         match check(&api, line, |_| None) {
-            Ok(c) => checked.push(c),
+            Ok(c) if first.is_none() => {
+                ids.push(c.meta.id.clone());
+                entries.push(Entry::new(c.subject, &c.canonical, &c.meta));
+            }
+            Ok(_) => {}
             Err((code, rule, msg)) => {
                 api.metrics.refused(rule);
-                refused.push((n, code, rule, msg));
+                refused_count += 1;
+                first.get_or_insert((code, rule));
+                if refused.len() < 10 {
+                    refused.push(json!({"line": n, "rule": rule, "error": msg}));
+                }
+                // Nothing will be deposited: what was checked is not kept.
+                entries = Vec::new();
+                ids = Vec::new();
             }
         }
     }
-    if let Some((_, code, rule, _)) = refused.first() {
-        let detail: Vec<_> = refused
-            .iter()
-            .take(10)
-            .map(|(n, _, rule, msg)| json!({"line": n, "rule": rule, "error": msg}))
-            .collect();
-        let error = format!(
-            "{} of {} lines refused; nothing was deposited",
-            refused.len(),
-            lines.len()
-        );
+    if let Some((code, rule)) = first {
+        let error = format!("{refused_count} of {count} lines refused; nothing was deposited");
         return (
-            *code,
-            axum::Json(json!({"error": error, "rule": rule, "refused": detail})),
+            code,
+            axum::Json(json!({"error": error, "rule": rule, "refused": refused})),
         )
             .into_response();
     }
-    let mut ids = Vec::with_capacity(checked.len());
-    for c in checked {
-        if let Err(e) = api
-            .depositor
-            .send(Entry::new(c.subject, &c.canonical, &c.meta))
-            .await
-        {
-            // Only a shutdown gets here; what was queued before is delivered.
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"error": e, "accepted": ids.len(), "ids": ids})),
-            )
-                .into_response();
-        }
-        api.metrics.packets_in.inc();
-        ids.push(c.meta.id);
+    // All or none: the queue takes every packet of the batch within the wait, or none.
+    let n = entries.len();
+    if let Err(e) = api
+        .depositor
+        .send_within(entries, api.limits.queue_wait)
+        .await
+    {
+        return not_queued(&api, e, n);
     }
+    api.metrics.packets_in.inc_by(n as u64);
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({"accepted": ids.len(), "ids": ids})),
@@ -310,13 +328,17 @@ async fn ready(State(api): State<Api>) -> Response {
     }
 }
 
+async fn no_route(State(api): State<Api>, uri: axum::http::Uri) -> Response {
+    let msg = format!("no route {}", uri.path());
+    refuse(&api, StatusCode::NOT_FOUND, "no_route", msg)
+}
+
+/// Every route, each behind [`limits::guard`] (which reads the body: the extractors below
+/// never see more than the route's limit).
 pub fn router(api: Api) -> Router {
     Router::new()
         .route("/v1/outcomes", post(post_outcome))
-        .route(
-            "/v1/outcomes/batch",
-            post(post_batch).layer(axum::extract::DefaultBodyLimit::max(2 * MAX_BATCH_BYTES)),
-        )
+        .route(limits::BATCH_ROUTE, post(post_batch))
         .route("/v1/consensus", get(all_consensus))
         .route("/v1/consensus/{name}", get(one_consensus))
         .route("/healthz", get(|| async { "ok" }))
@@ -325,5 +347,10 @@ pub fn router(api: Api) -> Router {
             "/metrics",
             get(|State(api): State<Api>| async move { api.metrics.render() }),
         )
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            limits::guard,
+        ))
         .with_state(api)
 }
