@@ -1,0 +1,309 @@
+//! What the intake tests and the attack bench share: the real `qis-agent` binary started
+//! standalone against a real nats-server, a raw HTTP/1.1 client (attacks need bytes a real
+//! client would never send), metrics, peak RSS, and the attack itself.
+#![allow(dead_code)]
+
+use async_nats::jetstream;
+use qis_testkit::KillOnDrop;
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const STREAM: &str = "QIS_INTAKE";
+/// The subject of the well-behaved device's packets (the attack's go elsewhere).
+pub const GOOD_SUBJECT: &str = "qis.iot.good-device.steady";
+
+/// A running agent process.
+pub struct AgentProc {
+    pub port: u16,
+    pub pid: u32,
+    _child: KillOnDrop,
+}
+
+impl AgentProc {
+    /// Starts `bin` standalone on `nats` with `intake` as its `intake:` section (YAML flow
+    /// map, e.g. `{headerTimeout: 1s}`), no subjects followed (nothing but the intake runs).
+    pub async fn start(bin: &Path, nats: &str, dir: &Path, intake: &str) -> AgentProc {
+        let port = qis_testkit::free_port();
+        let config = dir.join(format!("agent-{port}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "agentId: attacked\nsite: a\nnats: {{url: '{nats}'}}\nsubjectPrefix: qis.iot\nstream: {STREAM}\nlisten: 127.0.0.1:{port}\ndataDir: {}\noutboxMax: 1000000\nintake: {intake}\n",
+                dir.join(format!("data-{port}")).display()
+            ),
+        )
+        .expect("config");
+        let child = std::process::Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("agent");
+        let pid = child.id();
+        let agent = AgentProc {
+            port,
+            pid,
+            _child: KillOnDrop(child),
+        };
+        qis_testkit::eventually("agent ready", Duration::from_secs(30), || async {
+            (get(port, "/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+        agent
+    }
+
+    /// A counter or gauge summed over its label sets matching `filter` (`""`: all).
+    pub async fn metric(&self, name: &str, filter: &str) -> f64 {
+        let (_, _, body) = get(self.port, "/metrics").await;
+        body.lines()
+            .filter(|l| l.starts_with(name) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Refusals counted for `rule`.
+    pub async fn refused(&self, rule: &str) -> u64 {
+        self.metric(
+            "qis_agent_packets_refused_total",
+            &format!("rule=\"{rule}\""),
+        )
+        .await as u64
+    }
+
+    /// Peak resident memory (`VmHWM`) and current (`VmRSS`), KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+/// A response: status, head, body.
+pub type Answer = (u16, String, String);
+
+/// One request on a new connection (`Connection: close`); status 0 when the connection failed.
+pub async fn request(port: u16, method: &str, path: &str, body: &[u8], extra: &str) -> Answer {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new(), String::new());
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    );
+    // One write: a refusal on the declared length then finds the body already read, and the
+    // connection closes cleanly rather than reset over unread bytes.
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    // The answer may come before the whole body is sent (a refusal on the declared length).
+    let _ = s.write_all(&req).await;
+    read_answer(&mut s).await
+}
+
+/// `bytes` as they are, then the answer.
+pub async fn raw(port: u16, bytes: &[u8]) -> Answer {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new(), String::new());
+    };
+    let _ = s.write_all(bytes).await;
+    read_answer(&mut s).await
+}
+
+/// Reads until the server closes: the answer, or status 0 for none.
+pub async fn read_answer(s: &mut TcpStream) -> Answer {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_owned(), body.to_owned())
+}
+
+pub async fn get(port: u16, path: &str) -> Answer {
+    request(port, "GET", path, b"", "").await
+}
+
+/// The rule a refusal named in its JSON body.
+pub fn rule_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["rule"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// An outcome packet of `domain`/`class`, distinct for every `i`.
+pub fn packet(domain: &str, class: &str, i: usize) -> String {
+    json!({"agent_id": format!("dev-{}", i % 997), "domain": domain, "problem_class": class,
+           "conclusion": format!("reading {i}"), "confidence": 0.7,
+           "context_vector": [0.4, 0.7], "timestamp": 1_764_150_000.0 + i as f64 / 1000.0,
+           "source_node": "node-1"})
+    .to_string()
+}
+
+/// A 1 MiB batch of the worst shape for a parser that collects its lines: `a\n` × 512 Ki
+/// (refused: over 1000 packets).
+pub fn many_lines_batch() -> Vec<u8> {
+    b"a\n".repeat(512 * 1024)
+}
+
+/// A 1 MiB batch that is accepted: 1000 valid packets padded with spaces to 1 MiB.
+pub fn padded_batch(seed: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(1 << 20);
+    for i in 0..1000 {
+        let line = packet("attack", "batch", seed * 1000 + i);
+        body.extend_from_slice(line.as_bytes());
+        body.extend(std::iter::repeat_n(
+            b' ',
+            1047usize.saturating_sub(line.len()),
+        ));
+        body.push(b'\n');
+    }
+    body.resize(1 << 20, b' ');
+    body
+}
+
+/// Packets in the stream on `subject`.
+pub async fn stored(js: &jetstream::Context, subject: &str) -> u64 {
+    let Ok(mut stream) = js.get_stream(STREAM).await else {
+        return 0;
+    };
+    match stream.info_with_subjects(subject).await {
+        Ok(mut info) => {
+            use futures::TryStreamExt;
+            let mut n = 0;
+            while let Ok(Some((_, count))) = info.try_next().await {
+                n += count as u64;
+            }
+            n
+        }
+        Err(_) => 0,
+    }
+}
+
+/// What the well-behaved device saw: per packet, the post latency (last try) and tries.
+#[derive(Debug, Default, Clone)]
+pub struct Device {
+    /// (sent at, since the start; latency of the accepted try; tries)
+    pub posts: Vec<(Duration, Duration, u32)>,
+    /// Packets never accepted within their deadline.
+    pub given_up: usize,
+}
+
+/// Posts one packet every `every` until `until`, each on a new connection; a refused try
+/// (503, connection closed) is tried again after `Retry-After` (at most 1 s) until the
+/// packet's deadline of 20 s.
+pub async fn device(port: u16, start: Instant, every: Duration, until: Instant) -> Device {
+    let mut out = Device::default();
+    let mut i = 0;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while Instant::now() < until {
+        tick.tick().await;
+        let body = packet("good-device", "steady", i);
+        i += 1;
+        let sent = Instant::now();
+        let deadline = sent + Duration::from_secs(20);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let t = Instant::now();
+            let (code, head, _) = request(port, "POST", "/v1/outcomes", body.as_bytes(), "").await;
+            if code == 202 {
+                out.posts.push((sent - start, t.elapsed(), tries));
+                break;
+            }
+            if Instant::now() > deadline {
+                out.given_up += 1;
+                break;
+            }
+            let wait = head
+                .lines()
+                .find_map(|l| l.strip_prefix("retry-after: "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(Duration::from_millis(100), |s| {
+                    Duration::from_secs(s.min(1))
+                });
+            tokio::time::sleep(wait).await;
+        }
+    }
+    out
+}
+
+/// How a slow connection ended: after how long the agent closed it, and the status it
+/// answered (0: closed without an answer).
+#[derive(Debug, Clone, Copy)]
+pub struct Closed {
+    pub after: Duration,
+    pub status: u16,
+}
+
+/// A slowloris: a request head that never ends, one byte every `gap`, until the agent closes
+/// the connection or `give_up` passes (then `None`).
+pub async fn slow_head(port: u16, gap: Duration, give_up: Duration) -> Option<Closed> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let _ = s
+        .write_all(b"POST /v1/outcomes HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await;
+    trickle(&mut s, t, gap, give_up).await
+}
+
+/// A slow body: a whole head declaring 512 bytes, then one byte every `gap`.
+pub async fn slow_body(port: u16, gap: Duration, give_up: Duration) -> Option<Closed> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let _ = s
+        .write_all(b"POST /v1/outcomes HTTP/1.1\r\nHost: x\r\nContent-Length: 512\r\n\r\n{")
+        .await;
+    trickle(&mut s, t, gap, give_up).await
+}
+
+async fn trickle(
+    s: &mut TcpStream,
+    t: Instant,
+    gap: Duration,
+    give_up: Duration,
+) -> Option<Closed> {
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    loop {
+        if t.elapsed() > give_up {
+            return None;
+        }
+        match tokio::time::timeout(gap, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                // Nothing from the agent for a gap: one more byte (an error means it closed).
+                if s.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Some(Closed {
+        after: t.elapsed(),
+        status,
+    })
+}
