@@ -179,7 +179,7 @@ pub fn padded_batch(seed: usize) -> Vec<u8> {
 
 /// Packets in the stream on `subject`.
 pub async fn stored(js: &jetstream::Context, subject: &str) -> u64 {
-    let Ok(mut stream) = js.get_stream(STREAM).await else {
+    let Ok(stream) = js.get_stream(STREAM).await else {
         return 0;
     };
     match stream.info_with_subjects(subject).await {
@@ -306,4 +306,156 @@ async fn trickle(
         after: t.elapsed(),
         status,
     })
+}
+
+/// An attack on the intake, while the well-behaved device posts one packet every 20 ms.
+#[derive(Debug, Clone, Copy)]
+pub struct Attack {
+    pub slow_heads: usize,
+    pub slow_bodies: usize,
+    pub batches: usize,
+}
+
+/// What an attack did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub device: Device,
+    /// How each slow connection ended (`None`: still open at the give-up time).
+    pub slow: Vec<Option<Closed>>,
+    /// Status and rule of each batch.
+    pub batches: Vec<(u16, String)>,
+    /// From the start: when the last attacking connection ended.
+    pub attack_ended: Duration,
+    pub peak_rss_kib: u64,
+    pub idle_rss_kib: u64,
+    /// The device's packets stored on its subject, and how many it had accepted.
+    pub stored: u64,
+    pub accepted: usize,
+    /// Refusals by rule, from `/metrics`.
+    pub refusals: Vec<(String, u64)>,
+}
+
+fn median(it: impl Iterator<Item = Duration>) -> Option<Duration> {
+    let mut v: Vec<Duration> = it.collect();
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+/// Runs `attack` against `agent` for the device's `span` (the attack starts 1 s in);
+/// `give_up` bounds every slow connection.
+pub async fn run_attack(
+    agent: &AgentProc,
+    js: &jetstream::Context,
+    attack: Attack,
+    span: Duration,
+    give_up: Duration,
+) -> Outcome {
+    let (idle_rss_kib, _) = agent.memory_kib();
+    let port = agent.port;
+    let start = Instant::now();
+    let device = tokio::spawn(device(port, start, Duration::from_millis(20), start + span));
+    tokio::time::sleep_until((start + Duration::from_secs(1)).into()).await;
+    let gap = Duration::from_millis(500);
+    let slow: Vec<_> = (0..attack.slow_heads + attack.slow_bodies)
+        .map(|i| {
+            tokio::spawn(async move {
+                let c = if i < attack.slow_heads {
+                    slow_head(port, gap, give_up).await
+                } else {
+                    slow_body(port, gap, give_up).await
+                };
+                (c, start.elapsed())
+            })
+        })
+        .collect();
+    let batches: Vec<_> = (0..attack.batches)
+        .map(|i| {
+            tokio::spawn(async move {
+                let body = if i % 2 == 0 {
+                    many_lines_batch()
+                } else {
+                    padded_batch(i)
+                };
+                let (code, _, answer) =
+                    request(port, "POST", "/v1/outcomes/batch", &body, "").await;
+                ((code, rule_of(&answer)), start.elapsed())
+            })
+        })
+        .collect();
+    let mut attack_ended = Duration::ZERO;
+    let mut slow_out = Vec::new();
+    for t in slow {
+        let (c, at) = t.await.expect("slow connection");
+        attack_ended = attack_ended.max(at);
+        slow_out.push(c);
+    }
+    let mut batch_out = Vec::new();
+    for t in batches {
+        let (b, at) = t.await.expect("batch");
+        attack_ended = attack_ended.max(at);
+        batch_out.push(b);
+    }
+    let device = device.await.expect("device");
+    let accepted = device.posts.len();
+    let (peak_rss_kib, _) = agent.memory_kib();
+    let stored = qis_testkit::eventually(
+        "the device's accepted packets stored",
+        Duration::from_secs(30),
+        || async {
+            let n = stored(js, GOOD_SUBJECT).await;
+            (n >= accepted as u64).then_some(n)
+        },
+    )
+    .await;
+    let (_, _, metrics) = get(port, "/metrics").await;
+    let refusals = metrics
+        .lines()
+        .filter(|l| l.starts_with("qis_agent_packets_refused_total{"))
+        .filter_map(|l| {
+            let rule = l.split('"').nth(1)?.to_owned();
+            Some((rule, l.rsplit(' ').next()?.parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    Outcome {
+        device,
+        slow: slow_out,
+        batches: batch_out,
+        attack_ended,
+        peak_rss_kib,
+        idle_rss_kib,
+        stored,
+        accepted,
+        refusals,
+    }
+}
+
+impl Outcome {
+    /// The device's median post latency before the attack (its first second).
+    pub fn normal(&self) -> Duration {
+        median(
+            self.device
+                .posts
+                .iter()
+                .filter(|p| p.0 < Duration::from_secs(1))
+                .map(|p| p.1),
+        )
+        .unwrap_or_default()
+    }
+
+    /// From the end of the attack until the device's posts are back to normal: the first
+    /// post after which 10 in a row took at most 3× the normal latency (and 5 ms) on their
+    /// first try. `None`: never within the run.
+    pub fn recovered_after(&self) -> Option<Duration> {
+        let bound = (self.normal() * 3).max(Duration::from_millis(5));
+        let after: Vec<_> = self
+            .device
+            .posts
+            .iter()
+            .filter(|p| p.0 >= self.attack_ended)
+            .collect();
+        after
+            .windows(10)
+            .find(|w| w.iter().all(|p| p.1 <= bound && p.2 == 1))
+            .map(|w| w[0].0 - self.attack_ended)
+    }
 }
