@@ -471,6 +471,47 @@ mod tests {
     }
 
     #[test]
+    fn intake_limits_are_read_and_bad_ones_refused_by_name() {
+        let yaml = "agentId: pump-7\nsite: hall-a\nnats: {url: 'nats://127.0.0.1:4222'}\nsubjectPrefix: qis.iot\nstream: QIS\n";
+        let c = Config::from_file_config(serde_yaml::from_str(yaml).unwrap()).unwrap();
+        assert_eq!(c.intake, IntakeLimits::default());
+        let set = format!(
+            "{yaml}intake: {{maxConnections: 64, headerTimeout: 3s, bodyTimeout: 1500ms, bodyBudget: 2097152, queueWait: 0}}\n"
+        );
+        let c = Config::from_file_config(serde_yaml::from_str(&set).unwrap()).unwrap();
+        assert_eq!(
+            c.intake,
+            IntakeLimits {
+                max_connections: 64,
+                header_timeout: Duration::from_secs(3),
+                body_timeout: Duration::from_millis(1500),
+                body_budget: 2 * 1024 * 1024,
+                queue_wait: Duration::ZERO,
+            }
+        );
+        for (bad, field) in [
+            ("maxConnections: 0", "intake.maxConnections"),
+            ("maxConnections: lots", "intake.maxConnections"),
+            ("headerTimeout: 0", "intake.headerTimeout"),
+            ("bodyTimeout: 2h", "intake.bodyTimeout"),
+            ("bodyBudget: 1000", "intake.bodyBudget"),
+            ("queueWait: soon", "intake.queueWait"),
+        ] {
+            let f = serde_yaml::from_str(&format!("{yaml}intake: {{{bad}}}\n")).unwrap();
+            let e = Config::from_file_config(f).unwrap_err().to_string();
+            assert!(e.starts_with(field), "{bad}: {e}");
+        }
+        let env = |k: &str| match k {
+            "QIS_INTAKE_HEADER_TIMEOUT" => Some("-1s".to_owned()),
+            _ => None,
+        };
+        let e = IntakeLimits::from_settings(|i| env(IntakeLimits::ENV[i]), IntakeLimits::ENV)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("QIS_INTAKE_HEADER_TIMEOUT"), "{e}");
+    }
+
+    #[test]
     fn cluster_env() {
         let env = |k: &str| -> Option<String> {
             Some(

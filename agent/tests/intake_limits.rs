@@ -354,3 +354,36 @@ async fn stored_counts_a_subject() {
     })
     .await;
 }
+
+/// Proves a client that sends requests and never reads the answers is cut off once an
+/// answer cannot be written for the body timeout (it would hold its connection for ever),
+/// counted as `write_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_at_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let agent = AgentProc::start(
+        bin(),
+        &nats.url(),
+        dir.path(),
+        "{headerTimeout: 30s, bodyTimeout: 1s}",
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", agent.port))
+        .await
+        .expect("connect");
+    // 20,000 pipelined GET /metrics: far more answers than the socket buffers hold.
+    let pipelined = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20_000);
+    let writer = tokio::spawn(async move {
+        let _ = s.write_all(&pipelined).await;
+        s
+    });
+    qis_testkit::eventually(
+        "the stalled connection cut",
+        Duration::from_secs(30),
+        || async { (agent.refused("write_timeout").await == 1).then_some(()) },
+    )
+    .await;
+    drop(writer);
+}

@@ -1,7 +1,8 @@
 //! Serves the intake over HTTP/1.1: one task per connection and at most `maxConnections` of
 //! them (the next one is answered 503 at once and closed, never queued); a deadline for every
-//! request's headers, which is also how long an idle keep-alive connection is kept; request
-//! heads of at most 8 KiB. Refusals are counted by rule like every other.
+//! request's headers, which is also how long an idle keep-alive connection is kept; an answer
+//! that cannot be written for the body timeout (the client does not read) ends the
+//! connection; request heads of at most 8 KiB. Refusals are counted by rule like every other.
 
 use crate::config::IntakeLimits;
 use crate::metrics::Metrics;
@@ -35,13 +36,18 @@ struct Traffic {
     unanswered: AtomicBool,
     /// Something was ever written (a request was answered).
     answered: AtomicBool,
+    /// An answer could not be written for the write timeout (the client does not read).
+    stalled: AtomicBool,
 }
 
-/// A socket that reports its traffic.
+/// A socket that reports its traffic and fails a write that makes no progress for
+/// `write_timeout` (a client that sends requests and never reads the answers).
 #[derive(Debug)]
 struct Watched {
     io: TcpStream,
     traffic: Arc<Traffic>,
+    write_timeout: Duration,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl AsyncRead for Watched {
@@ -61,11 +67,34 @@ impl AsyncRead for Watched {
 }
 
 impl Watched {
-    fn wrote(&self, r: &Poll<io::Result<usize>>) {
-        if matches!(r, Poll::Ready(Ok(n)) if *n > 0) {
-            self.traffic.unanswered.store(false, Ordering::Relaxed);
-            self.traffic.answered.store(true, Ordering::Relaxed);
+    /// Records a write's progress; a write pending past the write timeout fails.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match &r {
+            Poll::Pending => {
+                let timeout = self.write_timeout;
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    self.traffic.stalled.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client did not read its answer",
+                    )));
+                }
+            }
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.stall = None;
+                self.traffic.unanswered.store(false, Ordering::Relaxed);
+                self.traffic.answered.store(true, Ordering::Relaxed);
+            }
+            Poll::Ready(_) => self.stall = None,
         }
+        r
     }
 }
 
@@ -77,8 +106,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.wrote(&r);
-        r
+        this.wrote(cx, r)
     }
 
     fn poll_write_vectored(
@@ -88,8 +116,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.wrote(&r);
-        r
+        this.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -145,7 +172,9 @@ fn over_cap_answer(cap: usize) -> Vec<u8> {
 
 /// The rule a connection's end broke, if it was a refusal.
 fn rule_of(e: &hyper::Error, traffic: &Traffic) -> Option<&'static str> {
-    if e.is_timeout() {
+    if traffic.stalled.load(Ordering::Relaxed) {
+        Some("write_timeout")
+    } else if e.is_timeout() {
         // Hyper's only timeout is the header one: a head begun and not finished, or nothing
         // ever sent. A keep-alive connection idle after its answers simply ends.
         if traffic.unanswered.load(Ordering::Relaxed) {
@@ -206,6 +235,8 @@ pub async fn serve(
         let io = TokioIo::new(Watched {
             io: stream,
             traffic: traffic.clone(),
+            write_timeout: limits.body_timeout,
+            stall: None,
         });
         let service = TowerToHyperService::new(app.clone());
         let conn = http.serve_connection(io, service);
