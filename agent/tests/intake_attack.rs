@@ -11,8 +11,11 @@ use std::time::Duration;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const BODY_TIMEOUT: Duration = Duration::from_secs(2);
-/// What a loaded 2-core machine may add to a deadline before the agent acts on it.
-const SLACK: Duration = Duration::from_secs(4);
+/// What a loaded 2-core machine may add to a deadline, seen from the client: its clock starts
+/// before `connect`, the agent's when it has accepted the connection and read the head, and
+/// 1,000 connections arrive at once on a debug build (one run measured 6.1 s for a 2 s body
+/// timeout while other builds shared the cores).
+const SLACK: Duration = Duration::from_secs(8);
 
 /// Proves the device's packets keep flowing through the attack (every one accepted, with
 /// retries after `Retry-After` at most, and stored: 0 lost), every slow connection is closed
@@ -81,6 +84,8 @@ async fn a_device_keeps_posting_through_slow_connections_and_big_batches() {
                 m
             }),
     );
+    let slowest = out.slow.iter().flatten().map(|c| c.after).max();
+    eprintln!("slowest close of a slow connection: {slowest:?}");
     assert_eq!(out.device.given_up, 0, "the device gave up on packets");
     assert!(
         out.accepted >= 100,
@@ -111,7 +116,13 @@ async fn a_device_keeps_posting_through_slow_connections_and_big_batches() {
         out.refusals
     );
     assert!(
-        rule("header_timeout") + rule("body_timeout") + rule("connection_limit") >= 1000,
+        // A slow connection whose first bytes the loaded client sent after the header timeout
+        // is closed as silent (idle_timeout): the agent is right, the client was slower.
+        rule("header_timeout")
+            + rule("body_timeout")
+            + rule("idle_timeout")
+            + rule("connection_limit")
+            >= 1000,
         "every slow connection counted: {:?}",
         out.refusals
     );

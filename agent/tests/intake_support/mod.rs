@@ -352,6 +352,18 @@ pub async fn run_attack(
 ) -> Outcome {
     let (idle_rss_kib, _) = agent.memory_kib();
     let port = agent.port;
+    // Bodies made before the clock starts: making them during the attack starved the slow
+    // clients of this process (their heads went out after the agent's header timeout).
+    let lines = std::sync::Arc::new(many_lines_batch());
+    let bodies: Vec<std::sync::Arc<Vec<u8>>> = (0..attack.batches)
+        .map(|i| {
+            if i % 2 == 0 {
+                lines.clone()
+            } else {
+                std::sync::Arc::new(padded_batch(i))
+            }
+        })
+        .collect();
     let start = Instant::now();
     let device = tokio::spawn(device(port, start, Duration::from_millis(20), start + span));
     tokio::time::sleep_until((start + Duration::from_secs(1)).into()).await;
@@ -368,14 +380,10 @@ pub async fn run_attack(
             })
         })
         .collect();
-    let batches: Vec<_> = (0..attack.batches)
-        .map(|i| {
+    let batches: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
             tokio::spawn(async move {
-                let body = if i % 2 == 0 {
-                    many_lines_batch()
-                } else {
-                    padded_batch(i)
-                };
                 let (code, _, answer) =
                     request(port, "POST", "/v1/outcomes/batch", &body, "").await;
                 ((code, rule_of(&answer)), start.elapsed())
