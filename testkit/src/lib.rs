@@ -6,6 +6,7 @@
 //! is polled with a deadline.
 
 pub mod controlplane;
+pub mod schema_fuzz;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
