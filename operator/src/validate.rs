@@ -3,6 +3,7 @@
 //! reason InvalidSpec`.
 
 use crate::error::Error;
+use k8s_openapi::api::core::v1::Toleration;
 use qis_crds::addressing;
 use qis_crds::{AddressingMode, DeliverPolicy, QisSubjectSpec, QisSwarmSpec};
 use std::time::Duration;
@@ -129,6 +130,18 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
             "must be -1 (no limit) or positive",
         ));
     }
+    if !(1..=1_000_000).contains(&s.max_consumers) {
+        return Err(invalid(
+            "spec.stream.maxConsumers",
+            format!("{} is outside [1, 1000000]", s.max_consumers),
+        ));
+    }
+    if !(1..=5).contains(&s.replicas) {
+        return Err(invalid(
+            "spec.stream.replicas",
+            format!("{} is outside [1, 5]", s.replicas),
+        ));
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (i, site) in spec.sites.iter().enumerate() {
         if !is_dns_label(&site.name) {
@@ -143,14 +156,26 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
                 format!("site {:?} is listed twice", site.name),
             ));
         }
+        site_replicas(&format!("spec.sites[{i}].replicas"), site.replicas)?;
+        for (k, v) in &site.node_selector {
+            if !is_label_key(k) || !is_label_value(v) {
+                return Err(invalid(
+                    &format!("spec.sites[{i}].nodeSelector"),
+                    format!("{k:?}: {v:?} is not a label key and value"),
+                ));
+            }
+        }
+        tolerations(&format!("spec.sites[{i}].tolerations"), &site.tolerations)?;
     }
-    if let Some(d) = &spec.site_discovery
-        && !is_label_key(&d.node_label)
-    {
-        return Err(invalid(
-            "spec.siteDiscovery.nodeLabel",
-            format!("{:?} is not a label key", d.node_label),
-        ));
+    if let Some(d) = &spec.site_discovery {
+        if !is_label_key(&d.node_label) {
+            return Err(invalid(
+                "spec.siteDiscovery.nodeLabel",
+                format!("{:?} is not a label key", d.node_label),
+            ));
+        }
+        site_replicas("spec.siteDiscovery.replicas", d.replicas)?;
+        tolerations("spec.siteDiscovery.tolerations", &d.tolerations)?;
     }
     if spec
         .agent
@@ -172,11 +197,86 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
                 format!("{} is set by the operator", e.name),
             ));
         }
+        // What the API server takes as a name (Kubernetes 1.34+): printable ASCII but '='.
+        if e.name.is_empty() || !e.name.bytes().all(|b| (32..127).contains(&b) && b != b'=') {
+            return Err(invalid(
+                &field,
+                format!("{:?} is not printable ASCII without '='", e.name),
+            ));
+        }
         if !names.insert(e.name.as_str()) {
             return Err(invalid(&field, format!("{} is listed twice", e.name)));
         }
     }
     synthesis("spec.synthesis", &spec.synthesis)
+}
+
+fn site_replicas(field: &str, replicas: i32) -> Result<(), Error> {
+    if (0..=10).contains(&replicas) {
+        Ok(())
+    } else {
+        Err(invalid(field, format!("{replicas} is outside [0, 10]")))
+    }
+}
+
+/// Is `v` a label value (empty, or at most 63 alphanumerics, `-`, `_`, `.` inside)?
+pub fn is_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
+}
+
+/// The API server's rules for a pod's tolerations (a Deployment breaking one is refused, and
+/// the swarm would retry it forever).
+fn tolerations(field: &str, list: &[Toleration]) -> Result<(), Error> {
+    for (i, t) in list.iter().enumerate() {
+        let at = |f: &str| format!("{field}[{i}].{f}");
+        let key = t.key.as_deref().unwrap_or_default();
+        let operator = t.operator.as_deref().unwrap_or("Equal");
+        let value = t.value.as_deref().unwrap_or_default();
+        let effect = t.effect.as_deref().unwrap_or_default();
+        if !key.is_empty() && !is_label_key(key) {
+            return Err(invalid(&at("key"), format!("{key:?} is not a label key")));
+        }
+        match operator {
+            "Exists" if !value.is_empty() => {
+                return Err(invalid(&at("value"), "must be empty with operator Exists"));
+            }
+            "Exists" => {}
+            "Equal" if key.is_empty() => {
+                return Err(invalid(&at("operator"), "must be Exists when key is empty"));
+            }
+            "Equal" if !is_label_value(value) => {
+                return Err(invalid(
+                    &at("value"),
+                    format!("{value:?} is not a label value"),
+                ));
+            }
+            "Equal" => {}
+            other => {
+                return Err(invalid(
+                    &at("operator"),
+                    format!("{other:?} is not Exists or Equal"),
+                ));
+            }
+        }
+        if !["", "NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+            return Err(invalid(
+                &at("effect"),
+                format!("{effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"),
+            ));
+        }
+        if t.toleration_seconds.is_some() && effect != "NoExecute" {
+            return Err(invalid(
+                &at("tolerationSeconds"),
+                "only allowed with effect NoExecute",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn synthesis(field: &str, s: &qis_crds::SynthesisSettings) -> Result<(), Error> {
@@ -352,6 +452,10 @@ mod tests {
             "spec.agent.env[1].name"
         );
         assert!(swarm(&env(&["TZ", "QIS_OUTBOX_MAX"])).is_ok());
+        // Found by operator/tests/fuzz_specs.rs: accepted, and the Deployment refused.
+        assert_eq!(field_of(swarm(&env(&["TZ", ""]))), "spec.agent.env[1].name");
+        assert_eq!(field_of(swarm(&env(&["A=B"]))), "spec.agent.env[0].name");
+        assert_eq!(field_of(swarm(&env(&["é"]))), "spec.agent.env[0].name");
     }
 
     #[test]
@@ -433,6 +537,73 @@ mod tests {
         assert_eq!(field_of(subject(&s)), "spec.synthesis.maxPackets");
         s.synthesis.max_packets = Some(qis_crds::common::MAX_PACKETS);
         assert!(subject(&s).is_ok());
+    }
+
+    #[test]
+    fn what_the_api_server_refuses_in_a_pod_is_refused_naming_the_field() {
+        let tol = |key: Option<&str>, op: Option<&str>, value: Option<&str>, secs: Option<i64>| {
+            QisSwarmSpec {
+                sites: vec![SiteSpec {
+                    name: "a".into(),
+                    tolerations: vec![Toleration {
+                        key: key.map(Into::into),
+                        operator: op.map(Into::into),
+                        value: value.map(Into::into),
+                        effect: None,
+                        toleration_seconds: secs,
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        };
+        // Found by operator/tests/fuzz_specs.rs: each was accepted, and its Deployment refused.
+        let at = "spec.sites[0].tolerations[0]";
+        assert_eq!(
+            field_of(swarm(&tol(None, None, None, None))),
+            format!("{at}.operator")
+        );
+        assert_eq!(
+            field_of(swarm(&tol(None, Some("site-1"), None, None))),
+            format!("{at}.operator")
+        );
+        assert_eq!(
+            field_of(swarm(&tol(Some("ca.crt"), None, Some("a\0b"), None))),
+            format!("{at}.value")
+        );
+        assert_eq!(
+            field_of(swarm(&tol(Some("UPPER/x"), None, None, None))),
+            format!("{at}.key")
+        );
+        assert_eq!(
+            field_of(swarm(&tol(None, Some("Exists"), None, Some(5)))),
+            format!("{at}.tolerationSeconds")
+        );
+        assert!(swarm(&tol(None, Some("Exists"), None, None)).is_ok());
+        assert!(swarm(&tol(Some("qis.dev/edge"), None, Some("true"), None)).is_ok());
+        let mut s = QisSwarmSpec::default();
+        s.stream.max_consumers = -1;
+        assert_eq!(field_of(swarm(&s)), "spec.stream.maxConsumers");
+        s = QisSwarmSpec::default();
+        s.stream.replicas = 7;
+        assert_eq!(field_of(swarm(&s)), "spec.stream.replicas");
+        s = QisSwarmSpec::default();
+        s.sites = vec![SiteSpec {
+            name: "a".into(),
+            node_selector: [(
+                "qis.dev/site".to_owned(),
+                "kubernetes.io/hostname".to_owned(),
+            )]
+            .into(),
+            ..Default::default()
+        }];
+        assert_eq!(field_of(swarm(&s)), "spec.sites[0].nodeSelector");
+        s.sites = vec![SiteSpec {
+            name: "a".into(),
+            replicas: -1,
+            ..Default::default()
+        }];
+        assert_eq!(field_of(swarm(&s)), "spec.sites[0].replicas");
     }
 
     #[test]
