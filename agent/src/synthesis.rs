@@ -647,6 +647,37 @@ fn iqr(mut xs: Vec<f64>) -> f64 {
 mod tests {
     use super::*;
 
+    /// Found by agent/tests/fuzz_config.rs (seed 6830398944098360811): with a half-life of
+    /// 1.5 s, votes 30 minutes old weighed 0.5^1200 = 0 and the snapshot's strength was 0/0.
+    #[test]
+    fn old_votes_with_a_short_half_life_give_finite_figures() {
+        let crd = SynthesisSettings {
+            half_life: Some(std::time::Duration::from_millis(1500).into()),
+            window: Some(std::time::Duration::from_secs(3 * 3600).into()),
+            ..Default::default()
+        };
+        let mut s = Synthesizer::new(Settings::from_crd(&crd).expect("valid"));
+        let now = 1_764_150_100.0;
+        for (agent, age) in [("a", 1800.0), ("b", 1900.0)] {
+            let p = OutcomePacket {
+                agent_id: agent.into(),
+                domain: "hvac".into(),
+                problem_class: "x".into(),
+                conclusion: "c".into(),
+                confidence: 0.8,
+                context_vector: vec![],
+                timestamp: now - age,
+                source_node: "n".into(),
+            };
+            let meta = PacketMeta::outcome(&p.encode().expect("valid"));
+            assert_eq!(s.ingest(&p, &meta, now), Ingest::Voted);
+        }
+        let snap = s.snapshot(now).expect("votes in the window");
+        assert_eq!(snap.strength, 1.0);
+        assert!((snap.weighted_confidence - 0.8).abs() < 1e-12);
+        assert!(snap.effective_n.is_finite() && snap.effective_n >= 1.0);
+    }
+
     #[test]
     fn helpers() {
         assert_eq!(pairs(0), 0);
