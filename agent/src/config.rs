@@ -19,6 +19,43 @@ pub enum ConfigError {
     MissingEnv(&'static str),
 }
 
+/// Longest agent id: with the longest domain, problem class and site, a synthesis packet still
+/// fits in 512 bytes (pod names made by a Deployment have at most 63 characters).
+pub const MAX_AGENT_ID: usize = 64;
+
+/// Checks the names every agent derives others from, naming the setting (`key` of each).
+fn check_identity(
+    (agent_key, agent_id): (&str, &str),
+    (site_key, site): (&str, &str),
+    (prefix_key, prefix): (&str, &str),
+    (stream_key, stream): (&str, &str),
+) -> Result<(), ConfigError> {
+    if agent_id.trim().is_empty()
+        || agent_id.len() > MAX_AGENT_ID
+        || !agent_id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(invalid(
+            agent_key,
+            format!("must be 1 to {MAX_AGENT_ID} printable ASCII characters without spaces"),
+        ));
+    }
+    addressing::check_token("site", site).map_err(|e| invalid(site_key, e.to_string()))?;
+    addressing::check_prefix(prefix).map_err(|e| invalid(prefix_key, e.to_string()))?;
+    // A JetStream stream name: no whitespace, '.', '*', '>' or path separators.
+    if stream.is_empty()
+        || stream.len() > 255
+        || stream
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+    {
+        return Err(invalid(
+            stream_key,
+            "must be a stream name (no whitespace, '.', '*', '>', '/', '\\'; at most 255 bytes)",
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.to_owned(),
@@ -88,7 +125,14 @@ impl SubjectConfig {
 
     fn check(&self, i: usize) -> Result<(), ConfigError> {
         let f = |s: &str| format!("subjects[{i}].{s}");
-        if self.name.is_empty() || self.name.contains(['_', '.', ' ']) {
+        let label = self.name.len() <= 63
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.name.starts_with('-')
+            && !self.name.ends_with('-');
+        if self.name.is_empty() || !label {
             return Err(invalid(&f("name"), "must be a DNS label"));
         }
         addressing::check_domain(&self.domain).map_err(|e| invalid(&f("domain"), e.to_string()))?;
@@ -345,14 +389,21 @@ impl Config {
     }
 
     pub fn from_file_config(f: FileConfig) -> Result<Config, ConfigError> {
-        addressing::check_prefix(&f.subject_prefix)
-            .map_err(|e| invalid("subjectPrefix", e.to_string()))?;
-        addressing::check_token("site", &f.site).map_err(|e| invalid("site", e.to_string()))?;
-        if f.agent_id.trim().is_empty() {
-            return Err(invalid("agentId", "must not be empty"));
-        }
+        check_identity(
+            ("agentId", &f.agent_id),
+            ("site", &f.site),
+            ("subjectPrefix", &f.subject_prefix),
+            ("stream", &f.stream),
+        )?;
+        let mut names = std::collections::BTreeSet::new();
         for (i, s) in f.subjects.iter().enumerate() {
             s.check(i)?;
+            if !names.insert(s.name.as_str()) {
+                return Err(invalid(
+                    &format!("subjects[{i}].name"),
+                    format!("{:?} is listed twice", s.name),
+                ));
+            }
         }
         Ok(Config {
             agent_id: f.agent_id,
@@ -408,21 +459,31 @@ impl Config {
                 .map_err(|e| invalid("QIS_LISTEN", format!("{e}")))?,
             None => SocketAddr::from(([0, 0, 0, 0], 8080)),
         };
+        let (agent_id, site) = (need("QIS_POD_NAME")?, need("QIS_SITE")?);
+        let (prefix, stream) = (need("QIS_SUBJECT_PREFIX")?, need("QIS_STREAM")?);
+        check_identity(
+            ("QIS_POD_NAME", &agent_id),
+            ("QIS_SITE", &site),
+            ("QIS_SUBJECT_PREFIX", &prefix),
+            ("QIS_STREAM", &stream),
+        )?;
         Ok(Config {
-            agent_id: need("QIS_POD_NAME")?,
-            site: need("QIS_SITE")?,
+            agent_id,
+            site,
             nats,
-            prefix: need("QIS_SUBJECT_PREFIX")?,
-            stream: need("QIS_STREAM")?,
+            prefix,
+            stream,
             manage_jetstream: false,
             listen,
             data_dir: get("QIS_DATA_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(default_data_dir),
             outbox_max: match get("QIS_OUTBOX_MAX") {
-                Some(v) => v
-                    .parse()
-                    .map_err(|e| invalid("QIS_OUTBOX_MAX", format!("{v:?}: {e}")))?,
+                Some(v) => match v.parse() {
+                    Ok(0) => return Err(invalid("QIS_OUTBOX_MAX", "must be at least 1")),
+                    Ok(n) => n,
+                    Err(e) => return Err(invalid("QIS_OUTBOX_MAX", format!("{v:?}: {e}"))),
+                },
                 None => default_outbox(),
             },
             intake: IntakeLimits::from_settings(
@@ -468,6 +529,51 @@ mod tests {
             serde_yaml::from_str::<FileConfig>(&unknown).is_err(),
             "unknown settings are refused"
         );
+    }
+
+    /// Found by agent/tests/fuzz_config.rs: each was accepted, then the agent made consumers
+    /// and subscriptions of the bad name, or published no synthesis packet at all.
+    #[test]
+    fn identity_settings_are_refused_naming_the_variable() {
+        let base = |k: &str| -> Option<String> {
+            Some(
+                match k {
+                    "QIS_NATS_URL" => "nats://nats:4222",
+                    "QIS_POD_NAME" => "plant-agent-a-x1",
+                    "QIS_SITE" => "a",
+                    "QIS_SUBJECT_PREFIX" => "qis.f.plant",
+                    "QIS_STREAM" => "qis_f_plant",
+                    "QIS_NAMESPACE" => "f",
+                    "QIS_SWARM" => "plant",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let long = "x".repeat(65_536);
+        for (key, value) in [
+            ("QIS_STREAM", "a\\b"),
+            ("QIS_STREAM", "a.b"),
+            ("QIS_SITE", long.as_str()),
+            ("QIS_SITE", "a.b"),
+            ("QIS_SUBJECT_PREFIX", "qis.>"),
+            ("QIS_POD_NAME", long.as_str()),
+            ("QIS_POD_NAME", "a b"),
+            ("QIS_OUTBOX_MAX", "0"),
+        ] {
+            let got = Config::from_env(|k| {
+                if k == key {
+                    Some(value.to_owned())
+                } else {
+                    base(k)
+                }
+            });
+            match got {
+                Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, key, "{value:.20}"),
+                other => panic!("{key}={value:.20}: {other:?}"),
+            }
+        }
+        assert!(Config::from_env(base).is_ok());
     }
 
     #[test]
