@@ -225,6 +225,9 @@ pub struct Consensus {
     /// Combined confidence of the agreeing votes, in [0, 1].
     pub weighted_confidence: f64,
     /// Distinct agents with a vote in the window.
+    // Bounded so that the API server stores no value this type cannot read (an unreadable
+    // status made the whole subject unreadable).
+    #[schemars(range(min = 0, max = 4294967295u32))]
     pub agents: u32,
     /// Outcome packets in the window (all of them, not one per agent).
     pub packets: u64,

@@ -364,7 +364,10 @@ pub struct SiteStatus {
     /// Agent Deployment of the site.
     pub deployment: String,
     /// Replicas asked for.
+    // Bounded to i32, so that the API server stores no value this type cannot read.
+    #[schemars(range(min = 0, max = 2147483647))]
     pub desired_replicas: i32,
     /// Replicas ready.
+    #[schemars(range(min = 0, max = 2147483647))]
     pub ready_replicas: i32,
 }
