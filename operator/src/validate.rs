@@ -188,6 +188,14 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
             "must be an image reference without spaces",
         ));
     }
+    if let Some(p) = spec.agent.image_pull_policy.as_deref()
+        && !["Always", "IfNotPresent", "Never"].contains(&p)
+    {
+        return Err(invalid(
+            "spec.agent.imagePullPolicy",
+            format!("{p:?} is not Always, IfNotPresent or Never"),
+        ));
+    }
     let mut names = std::collections::BTreeSet::new();
     for (i, e) in spec.agent.env.iter().enumerate() {
         let field = format!("spec.agent.env[{i}].name");
@@ -604,6 +612,10 @@ mod tests {
             ..Default::default()
         }];
         assert_eq!(field_of(swarm(&s)), "spec.sites[0].replicas");
+        // Found at 10,000 objects (seed 1103980096987331742): stored before the schema's enum.
+        s = QisSwarmSpec::default();
+        s.agent.image_pull_policy = Some("other".into());
+        assert_eq!(field_of(swarm(&s)), "spec.agent.imagePullPolicy");
     }
 
     #[test]
