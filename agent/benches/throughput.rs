@@ -349,6 +349,7 @@ fn main() {
             data_dir: tempfile::tempdir().expect("tmp").keep(),
             outbox_max: 1_000_000,
             intake: Default::default(),
+            outbox: Default::default(),
         })
         .expect("config");
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);

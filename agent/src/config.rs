@@ -179,6 +179,9 @@ pub struct FileConfig {
     /// Limits of the HTTP intake (every field optional).
     #[serde(default)]
     pub intake: IntakeFile,
+    /// Outbox byte bound and fsync policy.
+    #[serde(default)]
+    pub outbox: OutboxFileConfig,
 }
 
 /// The `intake` section of `agent.yaml`: what is left out takes its default.
@@ -373,6 +376,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub outbox_max: usize,
     pub intake: IntakeLimits,
+    pub outbox: OutboxSettings,
     pub mode: Mode,
     /// Least time between two status writes of one subject.
     pub report_interval: Duration,
@@ -416,6 +420,12 @@ impl Config {
             data_dir: f.data_dir,
             outbox_max: f.outbox_max.max(1),
             intake: IntakeLimits::from_file(&f.intake)?,
+            outbox: OutboxSettings::parse(
+                "outbox",
+                f.outbox.max_bytes.as_deref(),
+                f.outbox.fsync.as_deref(),
+                f.outbox.fsync_interval.as_deref(),
+            )?,
             mode: Mode::Standalone {
                 subjects: f.subjects,
                 defaults: f.synthesis,
@@ -490,6 +500,12 @@ impl Config {
                 |i| get(IntakeLimits::ENV[i]).filter(|v| !v.is_empty()),
                 IntakeLimits::ENV,
             )?,
+            outbox: OutboxSettings::parse(
+                "QIS_OUTBOX",
+                get("QIS_OUTBOX_MAX_BYTES").as_deref(),
+                get("QIS_OUTBOX_FSYNC").as_deref(),
+                get("QIS_OUTBOX_FSYNC_INTERVAL").as_deref(),
+            )?,
             mode: Mode::Cluster {
                 namespace: need("QIS_NAMESPACE")?,
                 swarm: need("QIS_SWARM")?,
@@ -503,6 +519,144 @@ impl Config {
                 None => Duration::from_secs(5),
             },
         })
+    }
+}
+
+// ---- Outbox settings: byte bound and fsync policy -------------------------------------------
+
+/// The `outbox` block of a standalone file (`QIS_OUTBOX_MAX_BYTES`, `QIS_OUTBOX_FSYNC`,
+/// `QIS_OUTBOX_FSYNC_INTERVAL` in a pod).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboxFileConfig {
+    /// Bytes pending at most, e.g. `16Mi` (suffixes `Ki`, `Mi`, `Gi`). Default `16Mi`.
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub max_bytes: Option<String>,
+    /// `always`, `interval` or `never`. Default `interval`.
+    #[serde(default)]
+    pub fsync: Option<String>,
+    /// With `interval`: at most this long between a write and its fsync. Default `1s`.
+    #[serde(default)]
+    pub fsync_interval: Option<String>,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        S(String),
+        N(u64),
+    }
+    Ok(Option::<V>::deserialize(d)?.map(|v| match v {
+        V::S(s) => s,
+        V::N(n) => n.to_string(),
+    }))
+}
+
+/// The outbox's bounds and fsync policy.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct OutboxSettings {
+    pub max_bytes: Option<u64>,
+    pub fsync: crate::outbox::Fsync,
+}
+
+/// Smallest byte bound: a few packets must fit.
+pub const OUTBOX_MIN_BYTES: u64 = 64 * 1024;
+/// Longest fsync interval.
+pub const OUTBOX_MAX_FSYNC_INTERVAL: Duration = Duration::from_secs(3600);
+
+fn parse_bytes(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, ""),
+    };
+    let unit = match unit {
+        "" => 1u64,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    num.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+impl OutboxSettings {
+    /// Checks the settings; `field` names their block (`outbox` in a file, `QIS_OUTBOX` in the
+    /// environment).
+    pub fn parse(
+        field: &str,
+        max_bytes: Option<&str>,
+        fsync: Option<&str>,
+        interval: Option<&str>,
+    ) -> Result<OutboxSettings, ConfigError> {
+        use crate::outbox::Fsync;
+        let sep = if field.starts_with("QIS_") { "_" } else { "." };
+        let name = |s: &str, env: &str| {
+            if sep == "_" {
+                format!("{field}_{env}")
+            } else {
+                format!("{field}.{s}")
+            }
+        };
+        let max_bytes = match max_bytes.filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => match parse_bytes(v) {
+                Some(b) if b >= OUTBOX_MIN_BYTES => Some(b),
+                Some(_) => {
+                    return Err(invalid(
+                        &name("maxBytes", "MAX_BYTES"),
+                        format!("{v:?} is below the least, {OUTBOX_MIN_BYTES} bytes"),
+                    ));
+                }
+                None => {
+                    return Err(invalid(
+                        &name("maxBytes", "MAX_BYTES"),
+                        format!("{v:?} is not a byte count (e.g. 16Mi)"),
+                    ));
+                }
+            },
+        };
+        let every = match interval.filter(|v| !v.is_empty()) {
+            None => Duration::from_secs(1),
+            Some(v) => match qis_crds::duration::parse(v) {
+                Ok(d) if !d.is_zero() && d <= OUTBOX_MAX_FSYNC_INTERVAL => d,
+                Ok(_) => {
+                    return Err(invalid(
+                        &name("fsyncInterval", "FSYNC_INTERVAL"),
+                        format!("{v:?} must be above 0 and at most 1h"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(invalid(
+                        &name("fsyncInterval", "FSYNC_INTERVAL"),
+                        format!("{v:?} {e}"),
+                    ));
+                }
+            },
+        };
+        let fsync = match fsync.filter(|v| !v.is_empty()) {
+            None | Some("interval") => Fsync::Interval(every),
+            Some("always") => Fsync::Always,
+            Some("never") => Fsync::Never,
+            Some(v) => {
+                return Err(invalid(
+                    &name("fsync", "FSYNC"),
+                    format!("{v:?}: expected always, interval or never"),
+                ));
+            }
+        };
+        Ok(OutboxSettings { max_bytes, fsync })
+    }
+
+    /// The outbox's limits with `max_packets`.
+    pub fn limits(&self, max_packets: usize) -> crate::outbox::Limits {
+        crate::outbox::Limits {
+            max_packets,
+            max_bytes: self
+                .max_bytes
+                .unwrap_or(crate::outbox::Limits::DEFAULT_MAX_BYTES),
+        }
     }
 }
 
@@ -647,5 +801,35 @@ mod tests {
             Config::from_env(|_| None),
             Err(ConfigError::MissingEnv(_))
         ));
+    }
+
+    #[test]
+    fn outbox_settings_are_checked_and_named() {
+        use crate::outbox::Fsync;
+        let ok = OutboxSettings::parse("outbox", Some("16Mi"), Some("always"), None).unwrap();
+        assert_eq!(ok.max_bytes, Some(16 << 20));
+        assert_eq!(ok.fsync, Fsync::Always);
+        let d = OutboxSettings::parse("outbox", None, None, Some("250ms")).unwrap();
+        assert_eq!(d.fsync, Fsync::Interval(Duration::from_millis(250)));
+        for (bytes, fsync, every, field) in [
+            (Some("1Ki"), None, None, "outbox.maxBytes"),
+            (Some("16MB"), None, None, "outbox.maxBytes"),
+            (None, Some("sometimes"), None, "outbox.fsync"),
+            (None, None, Some("0s"), "outbox.fsyncInterval"),
+            (None, None, Some("2h"), "outbox.fsyncInterval"),
+        ] {
+            match OutboxSettings::parse("outbox", bytes, fsync, every) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{bytes:?} {fsync:?} {every:?}: {other:?}"),
+            }
+        }
+        match OutboxSettings::parse("QIS_OUTBOX", None, Some("x"), None) {
+            Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "QIS_OUTBOX_FSYNC"),
+            other => panic!("{other:?}"),
+        }
+        let yaml = "agentId: a\nsite: s\nnats: {url: 'nats://127.0.0.1:4222'}\nsubjectPrefix: qis.iot\nstream: QIS\noutbox: {maxBytes: 1048576, fsync: never}\n";
+        let c = Config::from_file_config(serde_yaml::from_str(yaml).unwrap()).unwrap();
+        assert_eq!(c.outbox.max_bytes, Some(1 << 20));
+        assert_eq!(c.outbox.fsync, Fsync::Never);
     }
 }

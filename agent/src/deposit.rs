@@ -30,8 +30,35 @@ pub struct Depositor {
 #[derive(Debug)]
 enum Request {
     Packet(Entry),
+    /// Packets the intake acknowledges only once each is acknowledged by JetStream or written
+    /// to the outbox (the answer).
+    Keep(Entry, oneshot::Sender<Result<(), Refused>>),
     /// Answered once everything queued before it has been delivered (or `until` passed).
     Flush(oneshot::Sender<usize>),
+}
+
+/// A packet the pump could not keep (the outbox refused it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}")]
+pub struct Refused {
+    pub error: String,
+}
+
+/// Why [`Depositor::keep_within`] did not keep all packets.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeepError {
+    /// Not queued (nothing was taken).
+    #[error(transparent)]
+    Queue(SendError),
+    /// Queued, but the outbox refused them from packet `accepted` on (disk full, I/O error);
+    /// the first `accepted` are kept.
+    #[error("{error}")]
+    Unwritable { accepted: usize, error: String },
+}
+
+impl KeepError {
+    /// The rule an outbox refusal is counted under.
+    pub const UNWRITABLE: &'static str = "outbox_unwritable";
 }
 
 impl Entry {
@@ -85,6 +112,45 @@ impl Depositor {
         Ok(())
     }
 
+    /// Queues all of `entries` or none, waiting at most `wait` for room (one queue slot per
+    /// packet, as [`Depositor::send_within`]), then waits until each is kept: acknowledged by
+    /// JetStream or written to the outbox (synced, with `fsync: always`). Only then may the
+    /// intake answer 202. The pump answers within one round (a publish round is bounded by the
+    /// NATS request timeout, an outbox write is local).
+    pub async fn keep_within(&self, entries: Vec<Entry>, wait: Duration) -> Result<(), KeepError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if entries.len() > self.tx.max_capacity() {
+            return Err(KeepError::Queue(SendError::Full));
+        }
+        let permits = match tokio::time::timeout(wait, self.tx.reserve_many(entries.len())).await {
+            Err(_) => return Err(KeepError::Queue(SendError::Full)),
+            Ok(Err(_)) => return Err(KeepError::Queue(SendError::Stopped)),
+            Ok(Ok(p)) => p,
+        };
+        let mut answers = Vec::with_capacity(entries.len());
+        for (permit, e) in permits.zip(entries) {
+            let (tx, rx) = oneshot::channel();
+            permit.send(Request::Keep(e, tx));
+            answers.push(rx);
+        }
+        let mut accepted = 0;
+        for rx in answers {
+            match rx.await {
+                Ok(Ok(())) => accepted += 1,
+                Ok(Err(r)) => {
+                    return Err(KeepError::Unwritable {
+                        accepted,
+                        error: r.error,
+                    });
+                }
+                Err(_) => return Err(KeepError::Queue(SendError::Stopped)),
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every packet queued so far is delivered, or `timeout`; returns how many are
     /// still in the outbox.
     pub async fn flush(&self, timeout: Duration) -> Option<usize> {
@@ -132,6 +198,48 @@ async fn publish(js: &Context, batch: &[Entry]) -> usize {
     done
 }
 
+/// Who waits for a packet of the round: `fresh[end - 1]`.
+struct Waiter {
+    end: usize,
+    tx: oneshot::Sender<Result<(), Refused>>,
+}
+
+/// Takes one request into the round.
+fn take(
+    r: Request,
+    fresh: &mut Vec<Entry>,
+    keepers: &mut Vec<Waiter>,
+    flushers: &mut Vec<oneshot::Sender<usize>>,
+) {
+    match r {
+        Request::Packet(e) => fresh.push(e),
+        Request::Keep(e, tx) => {
+            fresh.push(e);
+            keepers.push(Waiter {
+                end: fresh.len(),
+                tx,
+            });
+        }
+        Request::Flush(w) => flushers.push(w),
+    }
+}
+
+/// Answers the round's keepers: the first `kept` packets of the round were kept.
+fn answer(keepers: &mut Vec<Waiter>, kept: usize, error: Option<&crate::outbox::OutboxError>) {
+    for w in keepers.drain(..) {
+        let result = if kept >= w.end {
+            Ok(())
+        } else {
+            Err(Refused {
+                error: error
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "the outbox did not take the packet".to_owned()),
+            })
+        };
+        let _ = w.tx.send(result);
+    }
+}
+
 /// Starts the pump; it runs until `shutdown` turns true and the queue is drained.
 pub fn start(
     js: Context,
@@ -144,49 +252,66 @@ pub fn start(
         let mut outbox = outbox;
         metrics.outbox_depth.set(outbox.len() as i64);
         let mut waiters: Vec<oneshot::Sender<usize>> = Vec::new();
+        let mut keepers: Vec<Waiter> = Vec::new();
         let mut stopping = false;
+        let connected = |js: &Context| {
+            js.client().connection_state() == async_nats::connection::State::Connected
+        };
         loop {
             let mut fresh = Vec::new();
+            let sync_at = outbox.sync_due();
             tokio::select! {
                 got = rx.recv() => match got {
-                    Some(Request::Packet(e)) => fresh.push(e),
-                    Some(Request::Flush(w)) => waiters.push(w),
+                    Some(r) => take(r, &mut fresh, &mut keepers, &mut waiters),
                     None => break,
                 },
                 _ = tokio::time::sleep(RETRY), if !outbox.is_empty() => {}
+                _ = async { if let Some(t) = sync_at { tokio::time::sleep_until(t.into()).await } }, if sync_at.is_some() => {}
                 _ = shutdown.changed(), if !stopping => stopping = true,
             }
             while fresh.len() < WINDOW {
                 match rx.try_recv() {
-                    Ok(Request::Packet(e)) => fresh.push(e),
-                    Ok(Request::Flush(w)) => waiters.push(w),
+                    Ok(r) => take(r, &mut fresh, &mut keepers, &mut waiters),
                     Err(_) => break,
                 }
             }
-            if outbox.is_empty() && !fresh.is_empty() {
-                let done = publish(&js, &fresh).await;
+            let up = connected(&js);
+            let mut done = 0;
+            if outbox.is_empty() && !fresh.is_empty() && up {
+                done = publish(&js, &fresh).await;
                 metrics.packets_out.inc_by(done as u64);
-                fresh.drain(..done);
             }
-            if !fresh.is_empty() {
-                let dropped = outbox.push(fresh).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "cannot write the outbox");
-                    0
-                });
-                metrics.outbox_dropped.inc_by(dropped);
+            let total = fresh.len();
+            let mut kept = done;
+            let mut failure = None;
+            if done < total {
+                match outbox.push(fresh.drain(done..)) {
+                    Ok(dropped) => {
+                        metrics.outbox_dropped.inc_by(dropped);
+                        kept = total;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot write the outbox: refusing the packets");
+                        metrics.outbox_write_failures.inc();
+                        failure = Some(e);
+                    }
+                }
             }
+            answer(&mut keepers, kept, failure.as_ref());
             // Flush the outbox, oldest first, while NATS acknowledges.
-            while !outbox.is_empty() {
+            while up && !outbox.is_empty() {
                 let head = outbox.head(WINDOW);
                 let done = publish(&js, &head).await;
                 metrics.packets_out.inc_by(done as u64);
                 if let Err(e) = outbox.pop(done) {
-                    tracing::error!(error = %e, "cannot rewrite the outbox");
+                    metrics.outbox_write_failures.inc();
+                    tracing::error!(error = %e, "cannot record delivered packets in the outbox");
                 }
                 if done < head.len() {
                     break;
                 }
             }
+            outbox.sync_if_due();
             metrics.outbox_depth.set(outbox.len() as i64);
             if rx.is_empty() {
                 for w in waiters.drain(..) {
@@ -197,6 +322,7 @@ pub fn start(
                 break;
             }
         }
+        outbox.sync_now();
         for w in waiters.drain(..) {
             let _ = w.send(outbox.len());
         }

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub synthesis_out: Counter,
     pub outbox_depth: Gauge,
     pub outbox_dropped: Counter,
+    /// Outbox writes that failed (disk full, I/O error): appends refused, delivery marks
+    /// retried.
+    pub outbox_write_failures: Counter,
     /// Messages pending on each subject's consumer (consumer lag).
     pub consumer_lag: Family<SubjectLabel, Gauge>,
     /// Time to take one twin into the synthesis state (decode, ingest), seconds.
@@ -69,6 +72,7 @@ impl Default for Metrics {
             synthesis_out: Counter::default(),
             outbox_depth: Gauge::default(),
             outbox_dropped: Counter::default(),
+            outbox_write_failures: Counter::default(),
             consumer_lag: Family::default(),
             synthesis_latency: Histogram::new(exponential_buckets(1e-6, 4.0, 12)),
             status_writes: Counter::default(),
@@ -112,6 +116,11 @@ impl Default for Metrics {
             "outbox_dropped",
             "Packets dropped because the outbox was full",
             m.outbox_dropped.clone(),
+        );
+        registry.register(
+            "outbox_write_failures",
+            "Outbox writes that failed (disk full, I/O error)",
+            m.outbox_write_failures.clone(),
         );
         registry.register(
             "consumer_lag",

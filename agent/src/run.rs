@@ -76,8 +76,12 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
         });
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let outbox = Outbox::open(&config.data_dir, config.outbox_max)
-        .map_err(|e| format!("outbox in {}: {e}", config.data_dir.display()))?;
+    let outbox = Outbox::open_with(
+        &config.data_dir,
+        config.outbox.limits(config.outbox_max),
+        config.outbox.fsync,
+    )
+    .map_err(|e| format!("outbox in {}: {e}", config.data_dir.display()))?;
     let depositor = deposit::start(js.clone(), outbox, metrics.clone(), stop_rx.clone());
     let views: twins::Views = Arc::default();
     let routes: Arc<RwLock<Vec<SubjectSpec>>> = Arc::default();

@@ -68,6 +68,7 @@ impl Agent {
             data_dir: data.to_owned(),
             outbox_max: 10_000,
             intake: Default::default(),
+            outbox: Default::default(),
         };
         let config = Config::from_file_config(file).expect("config");
         let (stop, rx) = watch::channel(false);

@@ -13,7 +13,7 @@ pub mod limits;
 pub mod server;
 
 use crate::config::IntakeLimits;
-use crate::deposit::{Depositor, SendError};
+use crate::deposit::{Depositor, KeepError, SendError};
 use crate::metrics::Metrics;
 use crate::outbox::Entry;
 use crate::packet::{OutcomePacket, PacketError, PacketKind, PacketMeta};
@@ -140,6 +140,37 @@ fn not_queued(api: &Api, e: SendError, n: usize) -> Response {
     }
 }
 
+/// The answer when the packets were queued but not all kept: the first `accepted` are.
+fn not_kept(api: &Api, e: KeepError, n: usize) -> Response {
+    match e {
+        KeepError::Queue(e) => not_queued(api, e, n),
+        KeepError::Unwritable { accepted, error } => {
+            api.metrics.packets_in.inc_by(accepted as u64);
+            api.metrics
+                .packets_refused
+                .get_or_create(&crate::metrics::RuleLabel {
+                    rule: KeepError::UNWRITABLE,
+                })
+                .inc_by((n - accepted) as u64);
+            let msg = format!(
+                "the outbox cannot take the packet(s) ({error}); {accepted} of {n} kept, the rest not"
+            );
+            let mut r = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(
+                    json!({"error": msg, "rule": KeepError::UNWRITABLE, "accepted": accepted}),
+                ),
+            )
+                .into_response();
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(1u64),
+            );
+            r
+        }
+    }
+}
+
 fn shutting_down() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -161,10 +192,11 @@ async fn post_outcome(State(api): State<Api>, headers: HeaderMap, body: Bytes) -
     let entry = Entry::new(c.subject.clone(), &c.canonical, &c.meta);
     if let Err(e) = api
         .depositor
-        .send_within(vec![entry], api.limits.queue_wait)
+        .keep_within(vec![entry], api.limits.queue_wait)
         .await
     {
-        return not_queued(&api, e, 1);
+        // 202 only once the packet is kept (acknowledged by JetStream or in the outbox).
+        return not_kept(&api, e, 1);
     }
     api.metrics.packets_in.inc();
     (
@@ -242,10 +274,11 @@ async fn post_batch(State(api): State<Api>, body: Bytes) -> Response {
     let n = entries.len();
     if let Err(e) = api
         .depositor
-        .send_within(entries, api.limits.queue_wait)
+        .keep_within(entries, api.limits.queue_wait)
         .await
     {
-        return not_queued(&api, e, n);
+        // 202 only once every packet is kept (acknowledged by JetStream or in the outbox).
+        return not_kept(&api, e, n);
     }
     api.metrics.packets_in.inc_by(n as u64);
     (
