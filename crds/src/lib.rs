@@ -19,6 +19,6 @@ pub use subject::{
 };
 pub use swarm::{
     AgentTemplate, DeletionPolicy, DiscardPolicy, NatsConnection, NatsCredentials, NatsTls,
-    QisSwarm, QisSwarmSpec, QisSwarmStatus, SiteDiscovery, SiteSpec, SiteStatus, StorageType,
-    StreamSpec, StreamStatus,
+    Persistence, PersistenceType, QisSwarm, QisSwarmSpec, QisSwarmStatus, SiteDiscovery, SiteSpec,
+    SiteStatus, StorageType, StreamSpec, StreamStatus,
 };

@@ -44,6 +44,9 @@ use std::collections::BTreeMap;
 #[x_kube(validation = kube::core::Rule::new(
     "has(self.subjectPrefix) == has(oldSelf.subjectPrefix) && (!has(self.subjectPrefix) || self.subjectPrefix == oldSelf.subjectPrefix)"
 ).message("subjectPrefix is immutable: agents and stored packets are addressed under it"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.agent) || !has(self.agent.persistence) || self.agent.persistence.type != 'persistentVolumeClaim' || ((!has(self.sites) || self.sites.all(s, s.replicas <= 1)) && (!has(self.siteDiscovery) || self.siteDiscovery.replicas <= 1))"
+).message("with agent.persistence.type persistentVolumeClaim a site runs at most one replica: its claim holds one outbox (ReadWriteOnce)"))]
 #[serde(rename_all = "camelCase")]
 pub struct QisSwarmSpec {
     /// NATS connection of this swarm. Fields left out come from the operator's default
@@ -262,6 +265,70 @@ pub struct AgentTemplate {
     /// Container security context fields that override the restricted defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
+    /// Where the agents keep their outbox (packets waiting for NATS). Default: an `emptyDir`
+    /// of 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<Persistence>,
+}
+
+/// The volume of an agent's outbox.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.type == 'persistentVolumeClaim' || !has(self.storageClassName)"
+).message("storageClassName is only for type persistentVolumeClaim"))]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    /// `emptyDir` (default): kept across container restarts, lost when the pod is deleted or
+    /// rescheduled. `persistentVolumeClaim`: one claim per site, `<swarm>-agent-<site>-data`
+    /// (ReadWriteOnce), kept across reboots and rescheduled pods; sites then run one replica
+    /// (a claim holds one outbox) and are updated by `Recreate`.
+    #[serde(default, rename = "type")]
+    pub type_: PersistenceType,
+    /// Storage class of the claims; left out: the cluster's default class, `""`: none (a
+    /// pre-provisioned volume). Immutable once a claim exists: the operator reports a change
+    /// and leaves the claim as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^$|^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub storage_class_name: Option<String>,
+    /// Size: the emptyDir's `sizeLimit`, or each claim's request. `Mi` or `Gi`, 16Mi to
+    /// 999Gi; default `64Mi`. The agent's outbox holds at most a quarter of it
+    /// (`QIS_OUTBOX_MAX_BYTES`), so its log, a compaction's copy and the delivery mark fit. A
+    /// claim only grows, and only where its storage class allows expansion; other changes are
+    /// reported, not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^([1-9][0-9]{1,5}Mi|[1-9][0-9]{0,2}Gi)$"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!self.endsWith('Mi') || int(self.substring(0, self.size() - 2)) >= 16"
+    ).message("size must be at least 16Mi"))]
+    pub size: Option<String>,
+}
+
+/// What holds an agent's outbox.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PersistenceType {
+    /// A directory of the pod, gone with it.
+    #[default]
+    EmptyDir,
+    /// A PersistentVolumeClaim per site.
+    PersistentVolumeClaim,
+}
+
+impl Persistence {
+    /// The default size.
+    pub const DEFAULT_SIZE: &'static str = "64Mi";
+
+    /// The size in bytes (the schema admits only `<n>Mi` and `<n>Gi`).
+    pub fn size_bytes(&self) -> u64 {
+        let s = self.size.as_deref().unwrap_or(Self::DEFAULT_SIZE);
+        let (n, unit) = s.split_at(s.len().saturating_sub(2));
+        let n: u64 = n.parse().unwrap_or(64);
+        n * if unit == "Gi" { 1 << 30 } else { 1 << 20 }
+    }
+
+    pub fn size(&self) -> &str {
+        self.size.as_deref().unwrap_or(Self::DEFAULT_SIZE)
+    }
 }
 
 /// A site listed by hand: one agent Deployment.

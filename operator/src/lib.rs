@@ -18,6 +18,8 @@ pub mod metrics;
 pub mod nats_connections;
 pub mod nats_permissions;
 pub mod nats_settings;
+pub mod outbox_claims;
+pub mod persistence;
 pub mod rbac;
 pub mod run;
 pub mod sites;

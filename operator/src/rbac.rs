@@ -55,6 +55,12 @@ pub const CLUSTER_RULES: &[Rule] = &[
         resources: &["serviceaccounts"],
         verbs: &["get", "create", "patch"],
     },
+    // The sites' outbox claims (`spec.agent.persistence`): applied, pruned with their site.
+    Rule {
+        group: "",
+        resources: &["persistentvolumeclaims"],
+        verbs: &["get", "list", "create", "patch", "delete"],
+    },
     Rule {
         group: "rbac.authorization.k8s.io",
         resources: &["roles", "rolebindings"],

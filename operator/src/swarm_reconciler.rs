@@ -337,6 +337,20 @@ async fn apply_agents(
     let mut out = Vec::with_capacity(sites.len());
     let mut failures = Vec::new();
     for site in &sites {
+        // The outbox claim first: the Deployment mounts it. A claim that cannot be applied
+        // fails its site (reported); the Deployment is applied still, on the live claim.
+        let claim_failure = match crate::outbox_claims::apply(ctx, swarm, &site.name).await {
+            Ok(written) => {
+                if written {
+                    writes("claim");
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(site = %site.name, error = %e, "site's outbox claim not applied");
+                Some(e)
+            }
+        };
         let d = workload::deployment(swarm, site, prefix, stream, &ctx.config.defaults);
         let dname = workload::deployment_name(&name, &site.name);
         let ready_replicas = match apply::apply(&deployments, &dname, &d, memo).await {
@@ -356,6 +370,9 @@ async fn apply_agents(
                     .map_or(0, |s| s.ready_replicas)
             }
         };
+        if let Some(e) = claim_failure {
+            failures.push((site.name.clone(), e));
+        }
         out.push(SiteStatus {
             name: site.name.clone(),
             deployment: dname,
@@ -387,6 +404,18 @@ async fn apply_agents(
             )
             .await;
         }
+    }
+    let names: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
+    for claim in crate::outbox_claims::prune(ctx, swarm, &names).await? {
+        writes("claim-delete");
+        ctx.event(
+            &swarm.object_ref(&()),
+            false,
+            "OutboxClaimRemoved",
+            "DeleteClaim",
+            format!("{claim} is no longer used by a site; deleted"),
+        )
+        .await;
     }
     Ok(Agents {
         sites: out,

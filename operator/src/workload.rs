@@ -8,9 +8,9 @@
 use crate::sites::Site;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
     SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -35,6 +35,7 @@ pub mod env {
     pub const NATS_TLS_DIR: &str = "QIS_NATS_TLS_DIR";
     pub const LISTEN: &str = "QIS_LISTEN";
     pub const DATA_DIR: &str = "QIS_DATA_DIR";
+    pub const OUTBOX_MAX_BYTES: &str = "QIS_OUTBOX_MAX_BYTES";
     /// Every variable the operator sets on the agent container: `spec.agent.env` may not name
     /// them (the container's env is a list keyed by name; a repeated name fails the apply).
     pub const SET_BY_OPERATOR: &[&str] = &[
@@ -50,6 +51,7 @@ pub mod env {
         NATS_TLS_DIR,
         LISTEN,
         DATA_DIR,
+        OUTBOX_MAX_BYTES,
     ];
 }
 
@@ -58,7 +60,8 @@ pub mod env {
 pub const CREDENTIALS_DIR: &str = "/var/run/qis/nats-credentials";
 /// Where TLS material is mounted (`ca.crt`, `tls.crt`, `tls.key`).
 pub const TLS_DIR: &str = "/var/run/qis/nats-tls";
-/// The agent's writable state (outbox): an emptyDir, so it survives container restarts.
+/// The agent's writable state (outbox): an emptyDir (survives container restarts) or a claim
+/// (see [`crate::persistence`]).
 pub const DATA_DIR: &str = "/var/lib/qis";
 /// Port of the agent's HTTP server (health, metrics, local consensus).
 pub const AGENT_PORT: i32 = 8080;
@@ -112,7 +115,7 @@ fn owner(swarm: &QisSwarm) -> Option<OwnerReference> {
     })
 }
 
-fn meta(swarm: &QisSwarm, name: String, site: Option<&str>) -> ObjectMeta {
+pub(crate) fn meta(swarm: &QisSwarm, name: String, site: Option<&str>) -> ObjectMeta {
     use kube::ResourceExt;
     ObjectMeta {
         name: Some(name),
@@ -261,20 +264,17 @@ pub fn deployment(
         ),
         env_value(env::LISTEN, format!("0.0.0.0:{AGENT_PORT}")),
         env_value(env::DATA_DIR, DATA_DIR),
+        env_value(
+            env::OUTBOX_MAX_BYTES,
+            crate::persistence::outbox_max_bytes(swarm).to_string(),
+        ),
     ];
     if let Some(d) = &nats.jetstream_domain {
         env.push(env_value(env::JETSTREAM_DOMAIN, d));
     }
-    let mut volumes = vec![Volume {
-        name: "data".to_owned(),
-        empty_dir: Some(EmptyDirVolumeSource {
-            size_limit: Some(Quantity("64Mi".to_owned())),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }];
+    let mut volumes = vec![crate::persistence::data_volume(swarm, &site.name)];
     let mut mounts = vec![VolumeMount {
-        name: "data".to_owned(),
+        name: crate::persistence::VOLUME.to_owned(),
         mount_path: DATA_DIR.to_owned(),
         ..Default::default()
     }];
@@ -353,6 +353,7 @@ pub fn deployment(
         metadata: meta(swarm, deployment_name(&name, &site.name), Some(&site.name)),
         spec: Some(DeploymentSpec {
             replicas: Some(site.replicas),
+            strategy: crate::persistence::strategy(swarm),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..Default::default()
@@ -499,6 +500,50 @@ mod tests {
             .into_iter()
             .map(|e| (e.name.clone(), e))
             .collect()
+    }
+
+    #[test]
+    fn a_claim_is_mounted_at_the_data_dir_and_bounds_the_outbox() {
+        let mut spec = QisSwarmSpec::default();
+        spec.agent.persistence = Some(qis_crds::Persistence {
+            type_: qis_crds::PersistenceType::PersistentVolumeClaim,
+            storage_class_name: Some("local-path".into()),
+            size: Some("256Mi".into()),
+        });
+        let d = deployment(&swarm(spec), &site(), "p", "s", &defaults());
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+            Some("Recreate")
+        );
+        let pod = spec.template.spec.as_ref().unwrap();
+        let data = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "data")
+            .unwrap();
+        assert_eq!(
+            data.persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str()),
+            Some("plant-agent-hall-a-data")
+        );
+        assert!(data.empty_dir.is_none());
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "data")
+            .unwrap();
+        assert_eq!(mount.mount_path, DATA_DIR);
+        assert_eq!(
+            env_of(&d)[env::OUTBOX_MAX_BYTES].value.as_deref(),
+            Some("67108864"),
+            "a quarter of the claim"
+        );
     }
 
     #[test]
