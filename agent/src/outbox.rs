@@ -505,7 +505,15 @@ impl Outbox {
         let tmp = self.dir.join("outbox.jsonl.tmp");
         let header = header_line(self.generation);
         let result = (|| -> Result<File, OutboxError> {
-            let mut f = File::create(&tmp).map_err(io(&tmp, "create"))?;
+            // Opened for appending before the rename: after it, this handle is the log (no
+            // reopen that could fail with the new log already in place).
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io(&tmp, "create"))?;
             let mut buf = header.clone();
             for (e, _) in &self.entries {
                 serde_json::to_writer(&mut buf, e)?;
@@ -521,11 +529,7 @@ impl Outbox {
             {
                 let _ = d.sync_all();
             }
-            OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(&path)
-                .map_err(io(&path, "reopen"))
+            Ok(f)
         })();
         let log = match result {
             Ok(f) => f,
