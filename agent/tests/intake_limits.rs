@@ -239,47 +239,57 @@ async fn every_route_refuses_a_body_over_its_limit() {
     );
 }
 
-/// Proves a full deposit queue (NATS away, so the pump cannot drain it) is answered 503
-/// `queue_full` with `Retry-After` within the configured wait, never an unbounded wait; that
-/// a refused batch deposits nothing; and that every accepted packet arrives once NATS is back.
+/// Proves a full deposit queue (NATS hung: SIGSTOPped with its connection open, so each
+/// deposit round waits for acknowledgements that never come) is answered 503 `queue_full` with
+/// `Retry-After` within the configured wait, never an unbounded wait; that a refused batch
+/// deposits nothing; and that every accepted packet arrives once NATS is back. (A NATS that is
+/// merely away does not fill the queue: the pump writes to the outbox at once.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_answered_503_within_the_wait() {
-    let mut nats = NatsServer::start();
+    let nats = NatsServer::start();
     let dir = tempfile::tempdir().expect("tmp");
     let agent = AgentProc::start(bin(), &nats.url(), dir.path(), "{queueWait: 500ms}").await;
-    nats.kill();
+    nats.pause();
+    let port = agent.port;
+    let posts: Vec<_> = (0..12usize)
+        .map(|b| {
+            tokio::spawn(async move {
+                let body: Vec<u8> = (0..1000)
+                    .map(|i| packet("attack", "batch", b * 1000 + i))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    .into_bytes();
+                let t = Instant::now();
+                let (code, head, answer) =
+                    request(port, "POST", "/v1/outcomes/batch", &body, "").await;
+                (code, t.elapsed(), head, answer)
+            })
+        })
+        .collect();
     let mut accepted = 0u64;
-    let mut refusal = None;
-    for b in 0..40 {
-        let body: Vec<u8> = (0..1000)
-            .map(|i| packet("attack", "batch", b * 1000 + i))
-            .collect::<Vec<_>>()
-            .join("\n")
-            .into_bytes();
-        let t = Instant::now();
-        let (code, head, answer) =
-            request(agent.port, "POST", "/v1/outcomes/batch", &body, "").await;
+    let mut refusals = Vec::new();
+    for p in posts {
+        let (code, took, head, answer) = p.await.expect("post");
         match code {
             202 => accepted += 1000,
-            503 => {
-                refusal = Some((t.elapsed(), head, answer));
-                break;
-            }
-            other => panic!("batch {b}: {other} {answer}"),
+            503 => refusals.push((took, head, answer)),
+            other => panic!("{other} {answer}"),
         }
     }
-    let (took, head, answer) = refusal.expect("the queue filled within 40 batches");
-    assert_eq!(rule_of(&answer), "queue_full", "{answer}");
+    let (took, head, answer) = refusals
+        .first()
+        .expect("the queue filled within 12 batches");
+    assert_eq!(rule_of(answer), "queue_full", "{answer}");
     assert!(
         head.to_ascii_lowercase().contains("retry-after: 1"),
         "{head}"
     );
     assert!(
-        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        *took >= Duration::from_millis(450) && *took < Duration::from_secs(3),
         "answered after {took:?}"
     );
-    assert_eq!(agent.refused("queue_full").await, 1);
-    nats.restart();
+    assert_eq!(agent.refused("queue_full").await, refusals.len() as u64);
+    nats.resume();
     let js = jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
     qis_testkit::eventually(
         "every accepted packet in the stream",
@@ -290,7 +300,7 @@ async fn a_full_queue_is_answered_503_within_the_wait() {
     assert_eq!(
         stored(&js, "qis.iot.attack.batch").await,
         accepted,
-        "the refused batch deposited nothing"
+        "the refused batches deposited nothing"
     );
 }
 
