@@ -1,7 +1,9 @@
 //! Objects whose spec does not even deserialize (applied without the CRD schema, or by an
 //! older or newer CRD). They must not break the watch of the others (`DeserializeGuard`); they
-//! get `Ready=False, reason InvalidSpec` with the parser's message, and if they are being
-//! deleted, our finalizer is removed (we cannot read what to clean up) with a Warning.
+//! get `Ready=False, reason InvalidSpec` naming the field that does not parse (read again as
+//! JSON and decoded with `serde_path_to_error`: kube's guard keeps only the parser's message),
+//! and if they are being deleted, our finalizer is removed (we cannot read what to clean up)
+//! with a Warning.
 
 use crate::context::Context;
 use crate::error::Error;
@@ -12,7 +14,17 @@ use kube::core::ApiResource;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use qis_crds::constants::{condition, reason};
+use serde::de::DeserializeOwned;
 use serde_json::json;
+
+/// The path of the first field of `object` that does not deserialize as `K` (e.g.
+/// `spec.sites`), and the parser's message there.
+pub fn failing_field<K: DeserializeOwned>(object: &serde_json::Value) -> Option<(String, String)> {
+    match serde_path_to_error::deserialize::<_, K>(object) {
+        Ok(_) => None,
+        Err(e) => Some((e.path().to_string(), e.inner().to_string())),
+    }
+}
 
 pub async fn report<K>(
     invalid: &InvalidObject,
@@ -20,7 +32,7 @@ pub async fn report<K>(
     ctx: &Context,
 ) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()> + DeserializeOwned,
 {
     let meta = &invalid.metadata;
     let (Some(name), Some(ns)) = (meta.name.clone(), meta.namespace.clone()) else {
@@ -55,7 +67,15 @@ where
         }
         return Ok(Action::await_change());
     }
-    let message = format!("the object does not match the schema: {}", invalid.error);
+    // Read again to name the field; if that fails too, the guard's message stands.
+    let named = match api.get(&name).await {
+        Ok(obj) => serde_json::to_value(&obj)
+            .ok()
+            .and_then(|v| failing_field::<K>(&v)),
+        Err(_) => None,
+    };
+    let (field, detail) = named.unwrap_or_else(|| ("spec".into(), invalid.error.clone()));
+    let message = format!("the object does not match the schema: {field}: {detail}");
     let status = json!({ "status": {
         "observedGeneration": meta.generation,
         "conditions": [{
@@ -69,8 +89,36 @@ where
     }});
     api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
-    Err(Error::InvalidSpec {
-        field: "spec".into(),
-        message,
-    })
+    Err(Error::InvalidSpec { field, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qis_crds::{QisSubject, QisSwarm};
+
+    #[test]
+    fn the_field_that_does_not_parse_is_named() {
+        let swarm = json!({
+            "apiVersion": "qis.dev/v1alpha1", "kind": "QisSwarm",
+            "metadata": {"name": "broken", "namespace": "plant"},
+            "spec": {"sites": [{"name": "a"}, {"name": "b", "replicas": "three"}]},
+        });
+        let (field, _) = failing_field::<QisSwarm>(&swarm).expect("refused");
+        assert_eq!(field, "spec.sites[1].replicas");
+        let subject = json!({
+            "apiVersion": "qis.dev/v1alpha1", "kind": "QisSubject",
+            "metadata": {"name": "garbled", "namespace": "plant"},
+            "spec": {"swarmRef": {"name": "plant"}, "domain": "hvac", "synthesis": {"quorum": "two"}},
+        });
+        let (field, message) = failing_field::<QisSubject>(&subject).expect("refused");
+        assert_eq!(field, "spec.synthesis.quorum");
+        assert!(message.contains("two"), "{message}");
+        let fine = json!({
+            "apiVersion": "qis.dev/v1alpha1", "kind": "QisSubject",
+            "metadata": {"name": "fine", "namespace": "plant"},
+            "spec": {"swarmRef": {"name": "plant"}, "domain": "hvac"},
+        });
+        assert_eq!(failing_field::<QisSubject>(&fine), None);
+    }
 }

@@ -229,10 +229,16 @@ async fn malformed_objects_present_at_start_stop_nothing_else() {
     for name in ["bearing", "hvac"] {
         wait_condition(cp, "qissubject", name, "ConsumersReady", "True").await;
     }
-    for (kind, name) in [("qisswarm", "broken"), ("qissubject", "garbled")] {
+    for (kind, name, field) in [
+        ("qisswarm", "broken", "spec.sites"),
+        ("qissubject", "garbled", "spec.synthesis.quorum"),
+    ] {
         let (_, reason, message) = wait_condition(cp, kind, name, "Ready", "False").await;
         assert_eq!(reason, "InvalidSpec", "{kind}/{name}: {message}");
-        assert!(message.contains("does not match the schema"), "{message}");
+        assert!(
+            message.contains(&format!("does not match the schema: {field}:")),
+            "{kind}/{name} names {field}: {message}"
+        );
     }
 
     // An agent of site a (a local process in cluster mode, as its pod would run it).
