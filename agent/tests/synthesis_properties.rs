@@ -1,5 +1,6 @@
-//! The synthesis core: the seed's numbers on its demo packets, and the properties DESIGN.md asks
-//! for (order independence, duplicates, one vote per agent, quorum, decay).
+//! The synthesis core: the seed's numbers on its demo packets, and the properties
+//! `docs/synthesis.md` states (order independence, duplicates, one vote per agent, quorum,
+//! decay).
 
 use proptest::prelude::*;
 use qis_agent::packet::{OutcomePacket, PacketMeta};

@@ -1,8 +1,8 @@
 //! Addressing rules: subject tokens, prefixes, readable and hashed addresses, and the
 //! names of the JetStream objects derived from Kubernetes names.
 //!
-//! The rules are the contract of `shared/DESIGN.md`. Tokens are checked here (and by the CRD
-//! schema with [`TOKEN_PATTERN`]) so a `domain` such as `hvac.>` can never widen a subscription.
+//! The rules are the contract written in `docs/addressing.md`. Tokens are checked here (and by
+//! the CRD schema with [`TOKEN_PATTERN`]) so a `domain` such as `hvac.>` can never widen a subscription.
 
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;

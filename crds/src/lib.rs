@@ -1,5 +1,5 @@
 //! `qis-crds`: the `qis.dev/v1alpha1` API (`QisSwarm`, `QisSubject`), the names every
-//! component shares, and the addressing rules of `shared/DESIGN.md`.
+//! component shares, and the addressing rules of `docs/addressing.md`.
 //!
 //! This crate stays light (no client, no runtime): the agent depends on it.
 

@@ -150,7 +150,7 @@ fn structural_check_catches_violations() {
     assert_eq!(out.len(), 4, "{out:#?}");
 }
 
-/// Proves the API names of DESIGN.md: group, version, kinds, short names, category, printer columns.
+/// Proves the API names (docs/crd-reference.md): group, version, kinds, short names, category, printer columns.
 #[test]
 fn names_and_columns_follow_the_design() {
     let crds = qis_crds::crdgen::all();
