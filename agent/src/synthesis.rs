@@ -27,51 +27,13 @@
 //! [`Evictions`].
 
 use crate::packet::{OutcomePacket, PacketKind, PacketMeta};
-use qis_crds::common::{MAX_PACKETS, MAX_PROBLEMS, MAX_VOTERS};
-use qis_crds::{Duration, SynthesisMethod, SynthesisSettings};
+use qis_crds::SynthesisMethod;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-/// Resolved synthesis settings (the CRD's, with defaults filled in).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub method: SynthesisMethod,
-    /// Seconds.
-    pub window: f64,
-    /// Seconds; `None` for no decay.
-    pub half_life: Option<f64>,
-    pub threshold: f64,
-    pub quorum: u32,
-    /// Combined confidence an alert needs (not used by the seed method).
-    pub min_confidence: f64,
-    pub trim_fraction: f64,
-    pub limits: Limits,
-    /// Seconds a packet's timestamp may be ahead of the agent's clock.
-    pub max_clock_skew: f64,
-}
-
-/// What one subject's window may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Distinct voters (agents; packets in seed mode).
-    pub voters: usize,
-    /// Remembered packet ids.
-    pub packets: usize,
-    /// Distinct problems named by the votes.
-    pub problems: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            voters: 10_000,
-            packets: 100_000,
-            problems: 1_000,
-        }
-    }
-}
+pub use qis_contract::synthesis::{InvalidSetting, Limits, Settings};
 
 /// Packets the limits turned away, by limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,126 +44,6 @@ pub struct Evictions {
     pub packets: u64,
     /// Votes not counted because they named a problem beyond the limit.
     pub problems: u64,
-}
-
-/// A synthesis setting an agent cannot use, naming the field (as in the CRD).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("synthesis.{field} {reason}")]
-pub struct InvalidSetting {
-    pub field: &'static str,
-    pub reason: String,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            method: SynthesisMethod::default(),
-            window: Self::DEFAULT_WINDOW,
-            half_life: None,
-            threshold: 0.6,
-            quorum: 2,
-            min_confidence: 0.5,
-            trim_fraction: 0.1,
-            limits: Limits::default(),
-            max_clock_skew: Self::DEFAULT_MAX_CLOCK_SKEW,
-        }
-    }
-}
-
-impl Settings {
-    /// Default window, seconds.
-    pub const DEFAULT_WINDOW: f64 = 3600.0;
-    /// Default clock skew allowed ahead, seconds.
-    pub const DEFAULT_MAX_CLOCK_SKEW: f64 = 30.0;
-
-    /// Fills the CRD's unset fields with the documented defaults; refuses a value the agent
-    /// cannot use (a duration out of range, a number outside its bounds), naming its field.
-    pub fn from_crd(s: &SynthesisSettings) -> Result<Settings, InvalidSetting> {
-        let secs = |field: &'static str, d: Option<Duration>| {
-            d.map(|d| d.get().map(|d| d.as_secs_f64()))
-                .transpose()
-                .map_err(|e| InvalidSetting {
-                    field,
-                    reason: e.to_string(),
-                })
-        };
-        let unit = |field: &'static str, v: Option<f64>, max: f64, default: f64| match v {
-            None => Ok(default),
-            Some(v) if (0.0..=max).contains(&v) => Ok(v),
-            Some(v) => Err(InvalidSetting {
-                field,
-                reason: format!("{v} is outside [0, {max}]"),
-            }),
-        };
-        let limit = |field: &'static str, v: Option<u32>, max: u32, default: usize| match v {
-            None => Ok(default),
-            Some(v) if (1..=max).contains(&v) => Ok(v as usize),
-            Some(v) => Err(InvalidSetting {
-                field,
-                reason: format!("{v} is outside [1, {max}]"),
-            }),
-        };
-        let d = Settings::default();
-        let window = secs("window", s.window)?;
-        if window == Some(0.0) {
-            return Err(InvalidSetting {
-                field: "window",
-                reason: "must be positive".into(),
-            });
-        }
-        let half_life = secs("halfLife", s.half_life)?.filter(|h| *h > 0.0);
-        if half_life.is_some_and(|h| h < 1.0) {
-            // Shorter, every vote older than a few microseconds weighs 0 and the combined
-            // confidence is 0/0.
-            return Err(InvalidSetting {
-                field: "halfLife",
-                reason: "must be at least 1s (or 0 for no decay)".into(),
-            });
-        }
-        Ok(Settings {
-            method: s.method.unwrap_or_default(),
-            window: window.unwrap_or(d.window),
-            half_life,
-            threshold: unit("threshold", s.threshold, 1.0, d.threshold)?,
-            quorum: match s.quorum {
-                Some(0) => {
-                    return Err(InvalidSetting {
-                        field: "quorum",
-                        reason: "must be at least 1".into(),
-                    });
-                }
-                q => q.unwrap_or(d.quorum),
-            },
-            min_confidence: unit("minConfidence", s.min_confidence, 1.0, d.min_confidence)?,
-            trim_fraction: unit("trimFraction", s.trim_fraction, 0.45, d.trim_fraction)?,
-            max_clock_skew: secs("maxClockSkew", s.max_clock_skew)?.unwrap_or(d.max_clock_skew),
-            limits: Limits {
-                voters: limit("maxVoters", s.max_voters, MAX_VOTERS, d.limits.voters)?,
-                packets: limit("maxPackets", s.max_packets, MAX_PACKETS, d.limits.packets)?,
-                problems: limit(
-                    "maxProblems",
-                    s.max_problems,
-                    MAX_PROBLEMS,
-                    d.limits.problems,
-                )?,
-            },
-        })
-    }
-
-    /// The seed article's rules: every packet a vote, no window, threshold 0.6.
-    pub fn seed() -> Settings {
-        Settings {
-            method: SynthesisMethod::Seed,
-            window: f64::INFINITY,
-            half_life: None,
-            threshold: 0.6,
-            quorum: 1,
-            min_confidence: 0.0,
-            trim_fraction: 0.0,
-            limits: Limits::default(),
-            max_clock_skew: f64::INFINITY,
-        }
-    }
 }
 
 /// What [`Synthesizer::ingest`] did with a packet.
@@ -651,7 +493,7 @@ mod tests {
     /// 1.5 s, votes 30 minutes old weighed 0.5^1200 = 0 and the snapshot's strength was 0/0.
     #[test]
     fn old_votes_with_a_short_half_life_give_finite_figures() {
-        let crd = SynthesisSettings {
+        let crd = qis_crds::SynthesisSettings {
             half_life: Some(std::time::Duration::from_millis(1500).into()),
             window: Some(std::time::Duration::from_secs(3 * 3600).into()),
             ..Default::default()
