@@ -33,6 +33,9 @@ pub enum Error {
     Finalizer(String),
     #[error("{0}")]
     Waiting(String),
+    /// The swarm a subject names does not exist (yet).
+    #[error("{0}")]
+    SwarmNotFound(String),
     #[error("{0}")]
     MissingSecret(String),
     #[error("the reconcile panicked: {0}")]
@@ -49,6 +52,7 @@ impl Error {
             | Error::Kube(_)
             | Error::Finalizer(_)
             | Error::Waiting(_)
+            | Error::SwarmNotFound(_)
             | Error::MissingSecret(_)
             | Error::Panicked(_) => Category::Transient,
         }
@@ -65,6 +69,7 @@ impl Error {
             Error::Nats(_) => reason::NATS_UNAVAILABLE,
             Error::Kube(_) | Error::Finalizer(_) => reason::KUBE_API_ERROR,
             Error::Waiting(_) => reason::PROGRESSING,
+            Error::SwarmNotFound(_) => reason::SWARM_NOT_FOUND,
             Error::MissingSecret(_) => reason::SECRET_NOT_FOUND,
             Error::Panicked(_) => reason::RECONCILE_PANICKED,
         }

@@ -4,7 +4,7 @@
 use crate::context::{Config, Context};
 use crate::http::{Probe, router};
 use crate::metrics::Metrics;
-use crate::{error_policy, subject_reconciler, swarm_reconciler};
+use crate::reconcile::entry::{error_policy, reconcile};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
@@ -183,7 +183,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
     let swarms = swarm_ctl
         .with_config(bounded.clone())
         .shutdown_on_signal()
-        .run(swarm_reconciler::reconcile, error_policy, ctx.clone())
+        .run(reconcile::<QisSwarm>, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "swarm controller");
@@ -229,7 +229,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         })
         .with_config(bounded)
         .shutdown_on_signal()
-        .run(subject_reconciler::reconcile, error_policy, ctx.clone())
+        .run(reconcile::<QisSubject>, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "subject controller");
