@@ -205,7 +205,7 @@ struct Waiter {
 }
 
 /// Takes one request into the round.
-fn take(
+fn add_to_round(
     r: Request,
     fresh: &mut Vec<Entry>,
     keepers: &mut Vec<Waiter>,
@@ -262,7 +262,7 @@ pub fn start(
             let sync_at = outbox.sync_due();
             tokio::select! {
                 got = rx.recv() => match got {
-                    Some(r) => take(r, &mut fresh, &mut keepers, &mut waiters),
+                    Some(r) => add_to_round(r, &mut fresh, &mut keepers, &mut waiters),
                     None => break,
                 },
                 _ = tokio::time::sleep(RETRY), if !outbox.is_empty() => {}
@@ -271,7 +271,7 @@ pub fn start(
             }
             while fresh.len() < WINDOW {
                 match rx.try_recv() {
-                    Ok(r) => take(r, &mut fresh, &mut keepers, &mut waiters),
+                    Ok(r) => add_to_round(r, &mut fresh, &mut keepers, &mut waiters),
                     Err(_) => break,
                 }
             }
