@@ -1,7 +1,7 @@
 //! Cluster mode: the agent finds its swarm's subjects through the Kubernetes API and follows
 //! their changes without a restart.
 
-use crate::twins::SubjectSpec;
+use crate::subject_worker::SubjectSpec;
 use futures::StreamExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
