@@ -1,5 +1,5 @@
 //! The states of a subject worker and the transitions between them, free of NATS so they can
-//! be tested on their own. The worker ([`super::worker`]) holds the NATS handles in the
+//! be tested on their own. The worker (`subject_worker::worker`) holds the NATS handles in the
 //! states' payloads (`B`: the bound durable consumer, `F`: the standby follower) and turns
 //! what it sees into [`Event`]s.
 //!
