@@ -1,7 +1,7 @@
 //! Cluster mode: the agent finds its swarm's subjects through the Kubernetes API and follows
 //! their changes without a restart.
 
-use crate::twins::SubjectSpec;
+use crate::subject_worker::SubjectSpec;
 use futures::StreamExt;
 use kube::core::DeserializeGuard;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
@@ -24,6 +24,56 @@ fn spec_of(prefix: &str, s: &QisSubject) -> SubjectSpec {
 
 /// How long reading the swarm (its synthesis defaults) may take.
 const SWARM_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The swarm's synthesis defaults. A failed read keeps the defaults last read (`last`):
+/// replacing them with the built-in ones would restart every subject's worker with settings
+/// nobody configured.
+async fn read_defaults(
+    swarms: &Api<QisSwarm>,
+    swarm: &str,
+    last: &SynthesisSettings,
+) -> SynthesisSettings {
+    match tokio::time::timeout(SWARM_READ_DEADLINE, swarms.get_opt(swarm)).await {
+        Ok(Ok(s)) => s.map(|s| s.spec.synthesis).unwrap_or_default(),
+        Ok(Err(e)) => {
+            tracing::warn!(%swarm, error = %e, "cannot read the swarm: keeping its synthesis defaults as last read");
+            last.clone()
+        }
+        Err(_) => {
+            tracing::warn!(%swarm, "the API server did not answer in time: keeping the swarm's synthesis defaults as last read");
+            last.clone()
+        }
+    }
+}
+
+/// The subjects of the swarm in the store (sorted by name, none being deleted); the ones that
+/// cannot be read are logged and left out.
+fn subjects_of(
+    state: &[std::sync::Arc<DeserializeGuard<QisSubject>>],
+    swarm: &str,
+    prefix: &str,
+) -> Vec<SubjectSpec> {
+    for unreadable in state.iter().filter_map(|g| g.0.as_ref().err()) {
+        tracing::warn!(
+            subject = unreadable.metadata.name.as_deref().unwrap_or_default(),
+            error = %unreadable.error,
+            "a subject of the namespace cannot be read; serving the others"
+        );
+    }
+    let mut specs: Vec<SubjectSpec> = state
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|s| s.spec.swarm_ref.name == swarm && s.metadata.deletion_timestamp.is_none())
+        .map(|s| spec_of(prefix, s))
+        .collect();
+    specs.sort_by(|a, b| a.name.cmp(&b.name));
+    tracing::debug!(
+        subjects = specs.len(),
+        in_store = state.len(),
+        "subjects of the swarm"
+    );
+    specs
+}
 
 /// Watches the swarm's subjects; sends the whole set on every change.
 pub fn follow(
@@ -55,42 +105,9 @@ pub fn follow(
                 },
                 _ = refresh.tick() => {}
             }
-            // A failed read keeps the defaults last read: replacing them with the built-in
-            // ones would restart every subject's worker with settings nobody configured.
-            let read = tokio::time::timeout(SWARM_READ_DEADLINE, swarms.get_opt(&swarm)).await;
-            let defaults = match read {
-                Ok(Ok(s)) => s.map(|s| s.spec.synthesis).unwrap_or_default(),
-                Ok(Err(e)) => {
-                    tracing::warn!(%swarm, error = %e, "cannot read the swarm: keeping its synthesis defaults as last read");
-                    tx.borrow().1.clone()
-                }
-                Err(_) => {
-                    tracing::warn!(%swarm, "the API server did not answer in time: keeping the swarm's synthesis defaults as last read");
-                    tx.borrow().1.clone()
-                }
-            };
-            let state = reader.state();
-            for unreadable in state.iter().filter_map(|g| g.0.as_ref().err()) {
-                tracing::warn!(
-                    subject = unreadable.metadata.name.as_deref().unwrap_or_default(),
-                    error = %unreadable.error,
-                    "a subject of the namespace cannot be read; serving the others"
-                );
-            }
-            let mut specs: Vec<SubjectSpec> = state
-                .iter()
-                .filter_map(|g| g.0.as_ref().ok())
-                .filter(|s| {
-                    s.spec.swarm_ref.name == swarm && s.metadata.deletion_timestamp.is_none()
-                })
-                .map(|s| spec_of(&prefix, s))
-                .collect();
-            specs.sort_by(|a, b| a.name.cmp(&b.name));
-            tracing::debug!(
-                subjects = specs.len(),
-                in_store = state.len(),
-                "subjects of the swarm"
-            );
+            let last = tx.borrow().1.clone();
+            let defaults = read_defaults(&swarms, &swarm, &last).await;
+            let specs = subjects_of(&reader.state(), &swarm, &prefix);
             tx.send_if_modified(|cur| {
                 let changed = cur.0 != specs || cur.1 != defaults;
                 if changed {

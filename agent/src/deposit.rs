@@ -205,7 +205,7 @@ struct Waiter {
 }
 
 /// Takes one request into the round.
-fn take(
+fn add_to_round(
     r: Request,
     fresh: &mut Vec<Entry>,
     keepers: &mut Vec<Waiter>,
@@ -240,6 +240,54 @@ fn answer(keepers: &mut Vec<Waiter>, kept: usize, error: Option<&crate::outbox::
     }
 }
 
+/// Deposits one round's fresh packets: published when the outbox is empty and NATS is up,
+/// the rest appended to the outbox. Returns how many, from the start, were published or kept,
+/// and the outbox's error if it could not take them.
+async fn deposit_round(
+    js: &Context,
+    outbox: &mut Outbox,
+    mut fresh: Vec<Entry>,
+    up: bool,
+    metrics: &Metrics,
+) -> (usize, Option<crate::outbox::OutboxError>) {
+    let mut done = 0;
+    if outbox.is_empty() && !fresh.is_empty() && up {
+        done = publish(js, &fresh).await;
+        metrics.packets_out.inc_by(done as u64);
+    }
+    let total = fresh.len();
+    if done == total {
+        return (done, None);
+    }
+    match outbox.push(fresh.drain(done..)) {
+        Ok(dropped) => {
+            metrics.outbox_dropped.inc_by(dropped);
+            (total, None)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the outbox: refusing the packets");
+            metrics.outbox_write_failures.inc();
+            (done, Some(e))
+        }
+    }
+}
+
+/// Flushes the outbox, oldest first, while NATS acknowledges.
+async fn drain_outbox(js: &Context, outbox: &mut Outbox, metrics: &Metrics) {
+    while !outbox.is_empty() {
+        let head = outbox.head(WINDOW);
+        let done = publish(js, &head).await;
+        metrics.packets_out.inc_by(done as u64);
+        if let Err(e) = outbox.pop(done) {
+            metrics.outbox_write_failures.inc();
+            tracing::error!(error = %e, "cannot record delivered packets in the outbox");
+        }
+        if done < head.len() {
+            break;
+        }
+    }
+}
+
 /// Starts the pump; it runs until `shutdown` turns true and the queue is drained.
 pub fn start(
     js: Context,
@@ -262,7 +310,7 @@ pub fn start(
             let sync_at = outbox.sync_due();
             tokio::select! {
                 got = rx.recv() => match got {
-                    Some(r) => take(r, &mut fresh, &mut keepers, &mut waiters),
+                    Some(r) => add_to_round(r, &mut fresh, &mut keepers, &mut waiters),
                     None => break,
                 },
                 _ = tokio::time::sleep(RETRY), if !outbox.is_empty() => {}
@@ -271,45 +319,15 @@ pub fn start(
             }
             while fresh.len() < WINDOW {
                 match rx.try_recv() {
-                    Ok(r) => take(r, &mut fresh, &mut keepers, &mut waiters),
+                    Ok(r) => add_to_round(r, &mut fresh, &mut keepers, &mut waiters),
                     Err(_) => break,
                 }
             }
             let up = connected(&js);
-            let mut done = 0;
-            if outbox.is_empty() && !fresh.is_empty() && up {
-                done = publish(&js, &fresh).await;
-                metrics.packets_out.inc_by(done as u64);
-            }
-            let total = fresh.len();
-            let mut kept = done;
-            let mut failure = None;
-            if done < total {
-                match outbox.push(fresh.drain(done..)) {
-                    Ok(dropped) => {
-                        metrics.outbox_dropped.inc_by(dropped);
-                        kept = total;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot write the outbox: refusing the packets");
-                        metrics.outbox_write_failures.inc();
-                        failure = Some(e);
-                    }
-                }
-            }
+            let (kept, failure) = deposit_round(&js, &mut outbox, fresh, up, &metrics).await;
             answer(&mut keepers, kept, failure.as_ref());
-            // Flush the outbox, oldest first, while NATS acknowledges.
-            while up && !outbox.is_empty() {
-                let head = outbox.head(WINDOW);
-                let done = publish(&js, &head).await;
-                metrics.packets_out.inc_by(done as u64);
-                if let Err(e) = outbox.pop(done) {
-                    metrics.outbox_write_failures.inc();
-                    tracing::error!(error = %e, "cannot record delivered packets in the outbox");
-                }
-                if done < head.len() {
-                    break;
-                }
+            if up {
+                drain_outbox(&js, &mut outbox, &metrics).await;
             }
             outbox.sync_if_due();
             metrics.outbox_depth.set(outbox.len() as i64);

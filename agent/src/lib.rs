@@ -5,7 +5,7 @@
 //! - [`config`]: settings from a YAML file (standalone) or the pod's environment (cluster).
 //! - [`intake`]: the HTTP privacy firewall and local API.
 //! - [`deposit`] and [`outbox`]: pipelined publishing with an on-disk fallback.
-//! - [`twins`]: per-subject consumption, rebuild and synthesis.
+//! - [`subject_worker`]: per-subject consumption (binding, active, standby), rebuild and synthesis.
 //! - [`report`] and [`cluster`]: the Kubernetes side (subjects in, consensus out).
 //! - [`run`]: the loop that ties them together.
 
@@ -20,5 +20,5 @@ pub mod outbox;
 pub mod packet;
 pub mod report;
 pub mod run;
+pub mod subject_worker;
 pub mod synthesis;
-pub mod twins;

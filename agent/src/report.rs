@@ -5,8 +5,8 @@
 //! field manager `qis-agent`, touching nothing else of the status.
 
 use crate::metrics::Metrics;
+use crate::subject_worker::Views;
 use crate::synthesis::Snapshot;
-use crate::twins::Views;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use qis_crds::constants::AGENT_FIELD_MANAGER;

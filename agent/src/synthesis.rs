@@ -347,21 +347,7 @@ impl Synthesizer {
             .iter()
             .map(|v| self.weight(v.timestamp, reference))
             .collect();
-        let mut tally: HashMap<&str, (f64, usize)> = HashMap::new();
-        for (v, w) in votes.iter().zip(&weights) {
-            let t = tally.entry(&v.problem).or_default();
-            t.0 += w;
-            t.1 += 1;
-        }
-        let (problem, (win_weight, _)) = tally
-            .iter()
-            .max_by(|a, b| {
-                a.1.0
-                    .total_cmp(&b.1.0)
-                    .then(a.1.1.cmp(&b.1.1))
-                    .then(b.0.cmp(a.0))
-            })
-            .map(|(p, t)| (p.to_string(), *t))?;
+        let (problem, win_weight) = winner(&votes, &weights)?;
         let total: f64 = weights.iter().sum();
         let packets = self.seen.len() as u64;
         let agreeing: Vec<(f64, f64)> = votes
@@ -372,49 +358,68 @@ impl Synthesizer {
             .collect();
         let dispersion = iqr(agreeing.iter().map(|(c, _)| *c).collect());
         let effective_n = total * total / weights.iter().map(|w| w * w).sum::<f64>();
-        let s = &self.settings;
-        let snapshot = if s.method == SynthesisMethod::Seed {
-            let n = votes.len();
-            let strength = win_weight / total;
-            let confidence = votes.iter().map(|v| v.confidence).sum::<f64>() / n as f64;
-            let alert = strength > s.threshold;
-            Snapshot {
-                recommendation: recommendation(alert, n, &problem, strength),
-                problem,
-                strength: round3(strength),
-                weighted_confidence: round3(confidence),
-                agents: u32::try_from(n).unwrap_or(u32::MAX),
-                packets,
-                synthesis_pairs: pairs(n),
-                dispersion,
-                effective_n,
-                alert,
-            }
-        } else {
-            let n = votes.len();
-            let strength = win_weight / total;
-            let confidence = match s.method {
-                SynthesisMethod::Median => weighted_median(agreeing),
-                SynthesisMethod::TrimmedMean => trimmed_mean(agreeing, s.trim_fraction),
-                _ => weighted_mean(&agreeing),
-            };
-            let alert =
-                strength > s.threshold && n >= s.quorum as usize && confidence >= s.min_confidence;
-            Snapshot {
-                recommendation: recommendation(alert, n, &problem, strength),
-                problem,
-                strength,
-                weighted_confidence: confidence,
-                agents: u32::try_from(n).unwrap_or(u32::MAX),
-                packets,
-                synthesis_pairs: pairs(n),
-                dispersion,
-                effective_n,
-                alert,
-            }
+        let n = votes.len();
+        let strength = win_weight / total;
+        let (reported_strength, confidence, alert) = self.verdict(&votes, agreeing, strength);
+        let snapshot = Snapshot {
+            recommendation: recommendation(alert, n, &problem, strength),
+            problem,
+            strength: reported_strength,
+            weighted_confidence: confidence,
+            agents: u32::try_from(n).unwrap_or(u32::MAX),
+            packets,
+            synthesis_pairs: pairs(n),
+            dispersion,
+            effective_n,
+            alert,
         };
         Some(snapshot)
     }
+
+    /// The strength and confidence as reported and whether to alert, by the method: the
+    /// seed's (rounded, the mean confidence of all votes, the threshold alone) or a weighted
+    /// one (the agreeing votes' confidence combined; threshold, quorum and confidence).
+    fn verdict(
+        &self,
+        votes: &[&Vote],
+        agreeing: Vec<(f64, f64)>,
+        strength: f64,
+    ) -> (f64, f64, bool) {
+        let s = &self.settings;
+        let n = votes.len();
+        if s.method == SynthesisMethod::Seed {
+            let confidence = votes.iter().map(|v| v.confidence).sum::<f64>() / n as f64;
+            return (round3(strength), round3(confidence), strength > s.threshold);
+        }
+        let confidence = match s.method {
+            SynthesisMethod::Median => weighted_median(agreeing),
+            SynthesisMethod::TrimmedMean => trimmed_mean(agreeing, s.trim_fraction),
+            _ => weighted_mean(&agreeing),
+        };
+        let alert =
+            strength > s.threshold && n >= s.quorum as usize && confidence >= s.min_confidence;
+        (strength, confidence, alert)
+    }
+}
+
+/// The problem with the most vote weight (then the most votes, then the first by name), and
+/// its weight.
+fn winner(votes: &[&Vote], weights: &[f64]) -> Option<(String, f64)> {
+    let mut tally: HashMap<&str, (f64, usize)> = HashMap::new();
+    for (v, w) in votes.iter().zip(weights) {
+        let t = tally.entry(&v.problem).or_default();
+        t.0 += w;
+        t.1 += 1;
+    }
+    tally
+        .iter()
+        .max_by(|a, b| {
+            a.1.0
+                .total_cmp(&b.1.0)
+                .then(a.1.1.cmp(&b.1.1))
+                .then(b.0.cmp(a.0))
+        })
+        .map(|(p, t)| (p.to_string(), t.0))
 }
 
 fn pairs(n: usize) -> u64 {

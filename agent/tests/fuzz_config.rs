@@ -1,7 +1,7 @@
 //! Schema-driven fuzzing of the agent's inputs: the `QIS_*` environment of a pod, `agent.yaml`
 //! documents generated from the schema of `FileConfig` (its synthesis and addressing parts are
 //! the CRD's own schema nodes), and subject settings → `Settings::from_crd` → `Synthesizer` fed
-//! generated packets → snapshot → `twins::synthesis_packet`.
+//! generated packets → snapshot → `subject_worker::synthesis_packet`.
 //!
 //! Checks: nothing panics (each input runs under `catch_unwind`); a configuration is either
 //! usable (what the agent then derives from it works: a valid prefix and consumer names, an
@@ -170,7 +170,8 @@ fn usable(c: &Config) -> Vec<String> {
         alert: true,
         recommendation: "ALERT: 100000 agents agree on something (consensus=100%)".repeat(4),
     };
-    if qis_agent::twins::synthesis_packet(c, &format!("{}.x.y", c.prefix), &snap).is_none() {
+    if qis_agent::subject_worker::synthesis_packet(c, &format!("{}.x.y", c.prefix), &snap).is_none()
+    {
         out.push(format!(
             "no synthesis packet fits for agent {:?} at site {:?}",
             truncate(&c.agent_id, 80),
@@ -588,7 +589,7 @@ fn synthesis_from_the_schema() {
                 if let Some(s) = synth.snapshot(now) {
                     out.extend(snapshot_problems(&s));
                     let address = "qis.iot.hvac.>";
-                    match qis_agent::twins::synthesis_packet(&config, address, &s) {
+                    match qis_agent::subject_worker::synthesis_packet(&config, address, &s) {
                         Some((_, body, _)) => {
                             if OutcomePacket::decode(&body).is_err() {
                                 out.push("a synthesis packet that does not decode".into());

@@ -5,7 +5,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use qis_agent::metrics::Metrics;
 use qis_agent::report::Reporter;
-use qis_agent::twins::{View, Views};
+use qis_agent::subject_worker::{View, Views};
 use qis_testkit::controlplane::ControlPlane;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

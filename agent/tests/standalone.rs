@@ -158,7 +158,7 @@ where
 }
 
 fn now() -> f64 {
-    qis_agent::twins::now()
+    qis_agent::subject_worker::now()
 }
 
 fn outcome(agent: &str, confidence: f64, ts: f64) -> String {

@@ -17,7 +17,7 @@ use crate::deposit::{Depositor, KeepError, SendError};
 use crate::metrics::Metrics;
 use crate::outbox::Entry;
 use crate::packet::{OutcomePacket, PacketError, PacketKind, PacketMeta};
-use crate::twins::{SubjectSpec, Views};
+use crate::subject_worker::{SubjectSpec, Views};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -288,7 +288,7 @@ async fn post_batch(State(api): State<Api>, body: Bytes) -> Response {
         .into_response()
 }
 
-fn view_json(name: &str, v: &crate::twins::View) -> serde_json::Value {
+fn view_json(name: &str, v: &crate::subject_worker::View) -> serde_json::Value {
     json!({
         "subject": name,
         "address": v.address,
