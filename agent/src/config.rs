@@ -1,6 +1,8 @@
 //! The agent's settings: from a YAML file on a bare device (standalone), or from the pod the
 //! operator made (environment, with subjects found through the Kubernetes API).
 
+use qis_contract::env;
+use qis_contract::paths::{credentials, tls};
 use qis_crds::addressing;
 use qis_crds::{Addressing, SynthesisSettings};
 use serde::Deserialize;
@@ -330,11 +332,11 @@ impl IntakeLimits {
 
     /// The `QIS_INTAKE_*` variables of an agent pod.
     pub const ENV: [&'static str; 5] = [
-        "QIS_INTAKE_MAX_CONNECTIONS",
-        "QIS_INTAKE_HEADER_TIMEOUT",
-        "QIS_INTAKE_BODY_TIMEOUT",
-        "QIS_INTAKE_BODY_BUDGET",
-        "QIS_INTAKE_QUEUE_WAIT",
+        env::INTAKE_MAX_CONNECTIONS,
+        env::INTAKE_HEADER_TIMEOUT,
+        env::INTAKE_BODY_TIMEOUT,
+        env::INTAKE_BODY_BUDGET,
+        env::INTAKE_QUEUE_WAIT,
     ];
 }
 
@@ -441,41 +443,41 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .ok_or(ConfigError::MissingEnv(k))
         };
-        let dir = get("QIS_NATS_CREDENTIALS_DIR").map(PathBuf::from);
+        let dir = get(env::NATS_CREDENTIALS_DIR).map(PathBuf::from);
         let in_dir = |file: &str| dir.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
-        let tls = get("QIS_NATS_TLS_DIR").map(PathBuf::from);
+        let tls = get(env::NATS_TLS_DIR).map(PathBuf::from);
         let in_tls = |file: &str| tls.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
-        let user = in_dir("username").map(|p| {
+        let user = in_dir(credentials::USERNAME).map(|p| {
             std::fs::read_to_string(p)
                 .unwrap_or_default()
                 .trim()
                 .to_owned()
         });
         let nats = NatsConfig {
-            url: need("QIS_NATS_URL")?,
-            creds_file: in_dir("creds"),
-            nkey_file: in_dir("nkey"),
+            url: need(env::NATS_URL)?,
+            creds_file: in_dir(credentials::CREDS),
+            nkey_file: in_dir(credentials::NKEY),
             user,
-            password_file: in_dir("password"),
-            token_file: in_dir("token"),
-            ca_file: in_tls("ca.crt"),
-            cert_file: in_tls("tls.crt"),
-            key_file: in_tls("tls.key"),
-            jetstream_domain: get("QIS_JETSTREAM_DOMAIN").filter(|v| !v.is_empty()),
+            password_file: in_dir(credentials::PASSWORD),
+            token_file: in_dir(credentials::TOKEN),
+            ca_file: in_tls(tls::CA),
+            cert_file: in_tls(tls::CERT),
+            key_file: in_tls(tls::KEY),
+            jetstream_domain: get(env::JETSTREAM_DOMAIN).filter(|v| !v.is_empty()),
         };
-        let listen = match get("QIS_LISTEN") {
+        let listen = match get(env::LISTEN) {
             Some(l) => l
                 .parse()
-                .map_err(|e| invalid("QIS_LISTEN", format!("{e}")))?,
-            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
+                .map_err(|e| invalid(env::LISTEN, format!("{e}")))?,
+            None => SocketAddr::from(([0, 0, 0, 0], qis_contract::paths::AGENT_PORT)),
         };
-        let (agent_id, site) = (need("QIS_POD_NAME")?, need("QIS_SITE")?);
-        let (prefix, stream) = (need("QIS_SUBJECT_PREFIX")?, need("QIS_STREAM")?);
+        let (agent_id, site) = (need(env::POD_NAME)?, need(env::SITE)?);
+        let (prefix, stream) = (need(env::SUBJECT_PREFIX)?, need(env::STREAM)?);
         check_identity(
-            ("QIS_POD_NAME", &agent_id),
-            ("QIS_SITE", &site),
-            ("QIS_SUBJECT_PREFIX", &prefix),
-            ("QIS_STREAM", &stream),
+            (env::POD_NAME, &agent_id),
+            (env::SITE, &site),
+            (env::SUBJECT_PREFIX, &prefix),
+            (env::STREAM, &stream),
         )?;
         Ok(Config {
             agent_id,
@@ -485,14 +487,14 @@ impl Config {
             stream,
             manage_jetstream: false,
             listen,
-            data_dir: get("QIS_DATA_DIR")
+            data_dir: get(env::DATA_DIR)
                 .map(PathBuf::from)
                 .unwrap_or_else(default_data_dir),
-            outbox_max: match get("QIS_OUTBOX_MAX") {
+            outbox_max: match get(env::OUTBOX_MAX) {
                 Some(v) => match v.parse() {
-                    Ok(0) => return Err(invalid("QIS_OUTBOX_MAX", "must be at least 1")),
+                    Ok(0) => return Err(invalid(env::OUTBOX_MAX, "must be at least 1")),
                     Ok(n) => n,
-                    Err(e) => return Err(invalid("QIS_OUTBOX_MAX", format!("{v:?}: {e}"))),
+                    Err(e) => return Err(invalid(env::OUTBOX_MAX, format!("{v:?}: {e}"))),
                 },
                 None => default_outbox(),
             },
@@ -502,19 +504,19 @@ impl Config {
             )?,
             outbox: OutboxSettings::parse(
                 "QIS_OUTBOX",
-                get("QIS_OUTBOX_MAX_BYTES").as_deref(),
-                get("QIS_OUTBOX_FSYNC").as_deref(),
-                get("QIS_OUTBOX_FSYNC_INTERVAL").as_deref(),
+                get(env::OUTBOX_MAX_BYTES).as_deref(),
+                get(env::OUTBOX_FSYNC).as_deref(),
+                get(env::OUTBOX_FSYNC_INTERVAL).as_deref(),
             )?,
             mode: Mode::Cluster {
-                namespace: need("QIS_NAMESPACE")?,
-                swarm: need("QIS_SWARM")?,
+                namespace: need(env::NAMESPACE)?,
+                swarm: need(env::SWARM)?,
             },
-            report_interval: match get("QIS_REPORT_INTERVAL") {
+            report_interval: match get(env::REPORT_INTERVAL) {
                 Some(v) => match qis_crds::duration::parse(&v) {
                     Ok(d) if !d.is_zero() => d,
-                    Ok(_) => return Err(invalid("QIS_REPORT_INTERVAL", "must be positive")),
-                    Err(e) => return Err(invalid("QIS_REPORT_INTERVAL", format!("{v:?} {e}"))),
+                    Ok(_) => return Err(invalid(env::REPORT_INTERVAL, "must be positive")),
+                    Err(e) => return Err(invalid(env::REPORT_INTERVAL, format!("{v:?} {e}"))),
                 },
                 None => Duration::from_secs(5),
             },

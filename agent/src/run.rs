@@ -18,20 +18,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The stream a standalone agent makes when it is missing (the operator's defaults).
-pub fn standalone_stream(config: &Config) -> stream::Config {
-    stream::Config {
-        name: config.stream.clone(),
-        subjects: vec![format!("{}.>", config.prefix)],
-        max_age: Duration::from_secs(24 * 3600),
-        max_bytes: 50 * 1024 * 1024,
-        max_message_size: i32::try_from(qis_crds::constants::DEFAULT_MAX_MSG_SIZE)
-            .unwrap_or(i32::MAX),
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -58,7 +44,10 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
     let js = crate::nats::jetstream(client.clone(), &config.nats);
     let connected = watch_connection(client);
     if config.manage_jetstream {
-        ensure_stream(js.clone(), standalone_stream(&config));
+        ensure_stream(
+            js.clone(),
+            qis_contract::stream::standalone(&config.stream, &config.prefix),
+        );
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let depositor = deposit::start(
@@ -76,7 +65,7 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
         views: views.clone(),
         subjects: routes.clone(),
         prefix: config.prefix.clone(),
-        max_hops: 1,
+        max_hops: qis_contract::synthesis::DEFAULT_MAX_HOPS,
         connected: connected.clone(),
         accepting: accepting.clone(),
         limits: config.intake.clone(),
@@ -230,9 +219,16 @@ async fn follow_subjects(
             _ = async { match external_stop.as_mut() { Some(s) => { let _ = s.wait_for(|v| *v).await; } None => std::future::pending().await } } => break,
         }
         let (specs, defaults) = source.borrow_and_update().clone();
+        // The intake's routes carry each subject's settings over the swarm's (its hop limit).
         *routes
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = specs.clone();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = specs
+            .iter()
+            .map(|s| SubjectSpec {
+                synthesis: s.synthesis.or(&defaults),
+                ..s.clone()
+            })
+            .collect();
         workers.apply(specs, &defaults);
     }
 }

@@ -30,17 +30,15 @@ pub use publish::{material_change, synthesis_packet};
 use crate::config::Config;
 use crate::deposit::Depositor;
 use crate::metrics::Metrics;
-use crate::synthesis::{InvalidSetting, Settings, Snapshot};
+use crate::synthesis::{InvalidSetting, Snapshot};
 use async_nats::jetstream::Context;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, pull};
 use qis_crds::{SynthesisSettings, addressing};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
-/// Priority group of the site's agents (the operator configures the same).
-pub const PRIORITY_GROUP: &str = "qis-agents";
+pub use qis_contract::consumer::PRIORITY_GROUP;
 
 /// What the agent knows about one subject, for the HTTP view and the reporter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -101,25 +99,6 @@ fn set_view(ctx: &WorkerContext, name: &str, f: impl FnOnce(&mut View)) {
     f(views.entry(name.to_owned()).or_default());
 }
 
-/// The consumer a standalone agent makes when there is no operator (same settings the
-/// operator would use).
-fn standalone_consumer(name: &str, address: &str) -> pull::Config {
-    pull::Config {
-        durable_name: Some(name.to_owned()),
-        name: Some(name.to_owned()),
-        filter_subject: address.to_owned(),
-        deliver_policy: DeliverPolicy::All,
-        ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
-        max_deliver: 10,
-        max_ack_pending: 1000,
-        priority_policy: PriorityPolicy::PinnedClient,
-        priority_groups: vec![PRIORITY_GROUP.to_owned()],
-        priority_timeout: Duration::from_secs(30),
-        ..Default::default()
-    }
-}
-
 /// Runs one subject until `stop` turns true, as [`run`] does; a panic in its worker (a bug,
 /// whatever set it off) is caught: the subject is reported refused in its view and counted in
 /// `qis_agent_subjects_refused_total` until it changes or goes, and the other subjects go on.
@@ -151,13 +130,6 @@ pub async fn run_contained(
     remove_view(&ctx, &name);
 }
 
-fn invalid_setting(field: &'static str, reason: &str) -> InvalidSetting {
-    InvalidSetting {
-        field,
-        reason: reason.to_owned(),
-    }
-}
-
 /// Runs one subject until `stop` turns true.
 pub async fn run(
     ctx: WorkerContext,
@@ -165,31 +137,15 @@ pub async fn run(
     defaults: SynthesisSettings,
     stop: watch::Receiver<bool>,
 ) {
-    let resolved = spec.synthesis.or(&defaults);
-    match checked_settings(&resolved) {
-        Ok(checked) => {
-            worker::Worker::new(ctx.clone(), spec.clone(), checked, stop)
+    match qis_contract::synthesis::resolve(&spec.synthesis, &defaults) {
+        Ok(resolved) => {
+            worker::Worker::new(ctx.clone(), spec.clone(), resolved, stop)
                 .run()
                 .await
         }
         Err(e) => refuse_until_stopped(&ctx, &spec, &e, stop).await,
     }
     remove_view(&ctx, &spec.name);
-}
-
-/// The synthesis settings, the publish interval and the hop limit a subject's resolved
-/// settings give, or the setting this agent cannot use.
-pub fn checked_settings(
-    resolved: &SynthesisSettings,
-) -> Result<(Settings, Duration, u8), InvalidSetting> {
-    let settings = Settings::from_crd(resolved)?;
-    let publish_every = match resolved.publish_interval.map(|d| d.get()) {
-        None => Duration::from_secs(30),
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => return Err(invalid_setting("publishInterval", "must be positive")),
-        Some(Err(e)) => return Err(invalid_setting("publishInterval", &e.to_string())),
-    };
-    Ok((settings, publish_every, resolved.max_hops.unwrap_or(1)))
 }
 
 /// A subject this agent cannot use is reported and left alone (the others go on), until it

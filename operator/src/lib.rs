@@ -2,14 +2,13 @@
 //! consumers and agent Deployments.
 //!
 //! Each reconcile is a short driver over typed steps, one module each under `swarm/` and
-//! `subject/`: validate → dereference → build (pure, on `stream_config`, `consumer_config`,
+//! `subject/`: validate → dereference → build (pure, on the stream and consumer configurations of `qis_contract`,
 //! `sites`, `workload`) → apply (`jetstream`, server-side apply) → status (pure, on
 //! `conditions`). What both share (the instrumented entry, the finalizer with its deadline,
 //! the status write) is in `reconcile`; `run` wires them into kube-runtime controllers.
 
 pub mod apply;
 pub mod conditions;
-pub mod consumer_config;
 pub mod contain;
 pub mod context;
 pub mod error;
@@ -25,12 +24,15 @@ pub mod rbac;
 pub mod reconcile;
 pub mod run;
 pub mod sites;
-pub mod stream_config;
 pub mod subject;
 pub mod swarm;
 pub mod unreadable;
 pub mod validate;
 pub mod workload;
+
+/// The stream and consumer configurations live in the operator–agent contract; these names
+/// keep the operator's call sites short.
+pub use qis_contract::{consumer as consumer_config, stream as stream_config};
 
 use kube::Resource;
 

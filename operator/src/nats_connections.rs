@@ -9,6 +9,8 @@
 
 use crate::error::Error;
 use async_nats::jetstream::Context;
+use qis_contract::connect;
+use qis_contract::paths::tls as tls_file;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
@@ -16,31 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-/// How to authenticate.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub enum Auth {
-    #[default]
-    None,
-    /// Contents of a `.creds` file.
-    Creds(String),
-    /// An nkey seed.
-    Nkey(String),
-    UserPassword(String, String),
-    Token(String),
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print secrets.
-        f.write_str(match self {
-            Auth::None => "None",
-            Auth::Creds(_) => "Creds(…)",
-            Auth::Nkey(_) => "Nkey(…)",
-            Auth::UserPassword(..) => "UserPassword(…)",
-            Auth::Token(_) => "Token(…)",
-        })
-    }
-}
+pub use qis_contract::connect::Auth;
 
 /// TLS material, PEM.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
@@ -154,45 +132,37 @@ impl Pool {
 
     async fn connect(&self, s: &Settings) -> Result<async_nats::Client, Error> {
         let nats = |e: &dyn std::fmt::Display| Error::Nats(format!("connecting to {}: {e}", s.url));
-        let mut opts = async_nats::ConnectOptions::new()
-            .name("qis-operator")
-            .connection_timeout(self.timeout)
-            .request_timeout(Some(self.timeout));
-        opts = match &s.auth {
-            Auth::None => opts,
-            Auth::Creds(c) => opts.credentials(c).map_err(|e| Error::InvalidSpec {
-                field: "spec.nats.credentials.credsFile".into(),
-                message: format!("not a valid .creds file: {e}"),
-            })?,
-            Auth::Nkey(seed) => opts.nkey(seed.trim().to_owned()),
-            Auth::UserPassword(u, p) => opts.user_and_password(u.clone(), p.clone()),
-            Auth::Token(t) => opts.token(t.trim().to_owned()),
-        };
+        let opts = connect::options("qis-operator", self.timeout);
+        let mut opts = connect::with_auth(opts, &s.auth).map_err(|e| Error::InvalidSpec {
+            field: "spec.nats.credentials.credsFile".into(),
+            message: e.to_string(),
+        })?;
         if let Some(tls) = &s.tls {
             let dir = self.scratch.join(format!("{:016x}", s.fingerprint()));
             std::fs::create_dir_all(&dir).map_err(|e| nats(&e))?;
-            opts = opts.require_tls(true);
-            if let Some(ca) = &tls.ca {
-                let path = dir.join("ca.crt");
-                std::fs::write(&path, ca).map_err(|e| nats(&e))?;
-                opts = opts.add_root_certificates(path);
-            }
-            if let Some((cert, key)) = &tls.cert_and_key {
-                let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
-                std::fs::write(&c, cert).map_err(|e| nats(&e))?;
-                std::fs::write(&k, key).map_err(|e| nats(&e))?;
-                opts = opts.add_client_certificate(c, k);
-            }
+            let write = |name: &str, pem: &str| {
+                let path = dir.join(name);
+                std::fs::write(&path, pem)
+                    .map(|()| path)
+                    .map_err(|e| nats(&e))
+            };
+            let ca = tls
+                .ca
+                .as_deref()
+                .map(|ca| write(tls_file::CA, ca))
+                .transpose()?;
+            let cert_and_key = match &tls.cert_and_key {
+                Some((cert, key)) => {
+                    Some((write(tls_file::CERT, cert)?, write(tls_file::KEY, key)?))
+                }
+                None => None,
+            };
+            opts = connect::with_tls(opts, ca, cert_and_key);
         }
-        let urls: Vec<async_nats::ServerAddr> = s
-            .url
-            .split(',')
-            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| Error::InvalidSpec {
-                field: "spec.nats.url".into(),
-                message: e.to_string(),
-            })?;
+        let urls = connect::server_addrs(&s.url).map_err(|e| Error::InvalidSpec {
+            field: "spec.nats.url".into(),
+            message: e.to_string(),
+        })?;
         tokio::time::timeout(self.timeout, opts.connect(urls))
             .await
             .map_err(|_| {

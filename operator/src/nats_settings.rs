@@ -91,11 +91,19 @@ pub async fn resolve(
     let tls = match &n.tls {
         Some(t) => {
             let field = "spec.nats.tls.secretName";
-            let ca = Some(secrets.key_of(&t.secret_name, "ca.crt", field).await?);
+            let ca = Some(
+                secrets
+                    .key_of(&t.secret_name, qis_contract::paths::tls::CA, field)
+                    .await?,
+            );
             let cert_and_key = if t.client_cert {
                 Some((
-                    secrets.key_of(&t.secret_name, "tls.crt", field).await?,
-                    secrets.key_of(&t.secret_name, "tls.key", field).await?,
+                    secrets
+                        .key_of(&t.secret_name, qis_contract::paths::tls::CERT, field)
+                        .await?,
+                    secrets
+                        .key_of(&t.secret_name, qis_contract::paths::tls::KEY, field)
+                        .await?,
                 ))
             } else {
                 None

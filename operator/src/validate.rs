@@ -287,68 +287,12 @@ fn tolerations(field: &str, list: &[Toleration]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Synthesis settings resolve as the agent resolves them (`qis_contract::synthesis`), or the
+/// spec is refused naming the field.
 fn synthesis(field: &str, s: &qis_crds::SynthesisSettings) -> Result<(), Error> {
-    if let Some(w) = s.window {
-        positive(&format!("{field}.window"), w)?;
-    }
-    if let Some(h) = s.half_life {
-        let h = duration(&format!("{field}.halfLife"), h)?;
-        if !h.is_zero() && h < Duration::from_secs(1) {
-            return Err(invalid(
-                &format!("{field}.halfLife"),
-                "must be at least 1s (or 0 for no decay)",
-            ));
-        }
-    }
-    if let Some(p) = s.publish_interval {
-        positive(&format!("{field}.publishInterval"), p)?;
-    }
-    if let Some(d) = s.max_clock_skew {
-        duration(&format!("{field}.maxClockSkew"), d)?;
-    }
-    if s.quorum == Some(0) {
-        return Err(invalid(&format!("{field}.quorum"), "must be at least 1"));
-    }
-    for (name, value, max) in [
-        ("maxVoters", s.max_voters, qis_crds::common::MAX_VOTERS),
-        ("maxPackets", s.max_packets, qis_crds::common::MAX_PACKETS),
-        (
-            "maxProblems",
-            s.max_problems,
-            qis_crds::common::MAX_PROBLEMS,
-        ),
-    ] {
-        if let Some(v) = value
-            && !(1..=max).contains(&v)
-        {
-            return Err(invalid(
-                &format!("{field}.{name}"),
-                format!("must be in [1, {max}]"),
-            ));
-        }
-    }
-    if let Some(c) = s.min_confidence
-        && !(0.0..=1.0).contains(&c)
-    {
-        return Err(invalid(
-            &format!("{field}.minConfidence"),
-            "must be in [0, 1]",
-        ));
-    }
-    if let Some(t) = s.threshold
-        && !(0.0..=1.0).contains(&t)
-    {
-        return Err(invalid(&format!("{field}.threshold"), "must be in [0, 1]"));
-    }
-    if let Some(t) = s.trim_fraction
-        && !(0.0..=0.45).contains(&t)
-    {
-        return Err(invalid(
-            &format!("{field}.trimFraction"),
-            "must be in [0, 0.45]",
-        ));
-    }
-    Ok(())
+    qis_contract::synthesis::check(s)
+        .map(drop)
+        .map_err(|e| invalid(&format!("{field}.{}", e.field), e.reason))
 }
 
 /// Validates a subject spec.

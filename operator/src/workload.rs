@@ -21,50 +21,12 @@ use qis_crds::constants::{LABEL_SITE, LABEL_SWARM, MANAGED_BY};
 use qis_crds::{NatsCredentials, QisSwarm, SecretKeyRef};
 use std::collections::BTreeMap;
 
-/// Names of the environment variables the agent reads in a cluster.
-pub mod env {
-    pub const NAMESPACE: &str = "QIS_NAMESPACE";
-    pub const POD_NAME: &str = "QIS_POD_NAME";
-    pub const SWARM: &str = "QIS_SWARM";
-    pub const SITE: &str = "QIS_SITE";
-    pub const STREAM: &str = "QIS_STREAM";
-    pub const SUBJECT_PREFIX: &str = "QIS_SUBJECT_PREFIX";
-    pub const NATS_URL: &str = "QIS_NATS_URL";
-    pub const JETSTREAM_DOMAIN: &str = "QIS_JETSTREAM_DOMAIN";
-    pub const NATS_CREDENTIALS_DIR: &str = "QIS_NATS_CREDENTIALS_DIR";
-    pub const NATS_TLS_DIR: &str = "QIS_NATS_TLS_DIR";
-    pub const LISTEN: &str = "QIS_LISTEN";
-    pub const DATA_DIR: &str = "QIS_DATA_DIR";
-    pub const OUTBOX_MAX_BYTES: &str = "QIS_OUTBOX_MAX_BYTES";
-    /// Every variable the operator sets on the agent container: `spec.agent.env` may not name
-    /// them (the container's env is a list keyed by name; a repeated name fails the apply).
-    pub const SET_BY_OPERATOR: &[&str] = &[
-        NAMESPACE,
-        POD_NAME,
-        SWARM,
-        SITE,
-        STREAM,
-        SUBJECT_PREFIX,
-        NATS_URL,
-        JETSTREAM_DOMAIN,
-        NATS_CREDENTIALS_DIR,
-        NATS_TLS_DIR,
-        LISTEN,
-        DATA_DIR,
-        OUTBOX_MAX_BYTES,
-    ];
-}
-
-/// Where credentials are mounted; files are named `creds`, `nkey`, `username`, `password`,
-/// `token` (whichever the swarm sets).
-pub const CREDENTIALS_DIR: &str = "/var/run/qis/nats-credentials";
-/// Where TLS material is mounted (`ca.crt`, `tls.crt`, `tls.key`).
-pub const TLS_DIR: &str = "/var/run/qis/nats-tls";
-/// The agent's writable state (outbox): an emptyDir (survives container restarts) or a claim
-/// (see [`crate::persistence`]).
-pub const DATA_DIR: &str = "/var/lib/qis";
+/// Names of the environment variables the agent reads (the contract's).
+pub use qis_contract::env;
+use qis_contract::paths::credentials as file;
+pub use qis_contract::paths::{CREDENTIALS_DIR, DATA_DIR, TLS_DIR};
 /// Port of the agent's HTTP server (health, metrics, local consensus).
-pub const AGENT_PORT: i32 = 8080;
+pub const AGENT_PORT: i32 = qis_contract::paths::AGENT_PORT as i32;
 /// UID/GID the agent runs as (distroless `nonroot`).
 pub const AGENT_UID: i64 = 65532;
 
@@ -205,11 +167,11 @@ fn default_resources() -> ResourceRequirements {
 /// Projected volume of the swarm's NATS credentials, one file per set key.
 fn credentials_volume(c: &NatsCredentials) -> Option<Volume> {
     let files: [(&Option<SecretKeyRef>, &str); 5] = [
-        (&c.creds_file, "creds"),
-        (&c.nkey_seed, "nkey"),
-        (&c.username, "username"),
-        (&c.password, "password"),
-        (&c.token, "token"),
+        (&c.creds_file, file::CREDS),
+        (&c.nkey_seed, file::NKEY),
+        (&c.username, file::USERNAME),
+        (&c.password, file::PASSWORD),
+        (&c.token, file::TOKEN),
     ];
     let sources: Vec<VolumeProjection> = files
         .iter()

@@ -37,6 +37,8 @@ pub struct Api {
     pub views: Views,
     pub subjects: Arc<RwLock<Vec<SubjectSpec>>>,
     pub prefix: String,
+    /// Hop limit of synthesis packets to an address no subject follows (each followed address
+    /// takes the largest `maxHops` of the subjects that follow it).
     pub max_hops: u8,
     pub connected: Arc<AtomicBool>,
     pub accepting: Arc<AtomicBool>,
@@ -75,6 +77,20 @@ pub fn address_for(prefix: &str, subjects: &[SubjectSpec], p: &OutcomePacket) ->
         .unwrap_or_else(|| addressing::readable_address(prefix, &p.domain, Some(&p.problem_class)))
 }
 
+/// The largest `maxHops` of the subjects that follow `address` (their settings are already
+/// over the swarm's), `None` when none does.
+pub fn hop_limit(subjects: &[SubjectSpec], address: &str) -> Option<u8> {
+    subjects
+        .iter()
+        .filter(|s| qis_contract::stream::filters_overlap(&s.address, address))
+        .map(|s| {
+            s.synthesis
+                .max_hops
+                .unwrap_or(qis_contract::synthesis::DEFAULT_MAX_HOPS)
+        })
+        .max()
+}
+
 /// A packet that passed every rule: where it goes and what is sent.
 struct Checked {
     subject: String,
@@ -97,11 +113,17 @@ fn check<'a>(
     // The id is the hash of what is sent (below), whatever the request said.
     let (kind, hops) = PacketMeta::kind_and_hops(&get)
         .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.rule(), e.to_string()))?;
-    if kind == PacketKind::Synthesis && hops > api.max_hops {
-        let msg = format!(
-            "a synthesis packet with {hops} hops is over the limit of {}",
-            api.max_hops
-        );
+    let (subject, max_hops) = {
+        let subjects = api
+            .subjects
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let subject = address_for(&api.prefix, &subjects, &packet);
+        let max_hops = hop_limit(&subjects, &subject).unwrap_or(api.max_hops);
+        (subject, max_hops)
+    };
+    if kind == PacketKind::Synthesis && hops > max_hops {
+        let msg = format!("a synthesis packet with {hops} hops is over the limit of {max_hops}");
         return Err((StatusCode::UNPROCESSABLE_ENTITY, "hop_limit", msg));
     }
     let canonical = packet
@@ -111,13 +133,6 @@ fn check<'a>(
         id: crate::packet::packet_id(&canonical),
         kind,
         hops,
-    };
-    let subject = {
-        let subjects = api
-            .subjects
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        address_for(&api.prefix, &subjects, &packet)
     };
     Ok(Checked {
         subject,
@@ -386,4 +401,35 @@ pub fn router(api: Api) -> Router {
             limits::guard,
         ))
         .with_state(api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qis_crds::SynthesisSettings;
+
+    fn subject(address: &str, max_hops: Option<u8>) -> SubjectSpec {
+        SubjectSpec {
+            name: "s".into(),
+            domain: "hvac".into(),
+            problem_class: None,
+            address: address.into(),
+            synthesis: SynthesisSettings {
+                max_hops,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_hop_limit_is_the_largest_of_the_subjects_following_the_address() {
+        let subjects = [
+            subject("qis.iot.hvac.>", Some(3)),
+            subject("qis.iot.hvac.energy", None),
+            subject("qis.iot.water.>", Some(8)),
+        ];
+        assert_eq!(hop_limit(&subjects, "qis.iot.hvac.energy"), Some(3));
+        assert_eq!(hop_limit(&subjects[1..2], "qis.iot.hvac.energy"), Some(1));
+        assert_eq!(hop_limit(&subjects, "qis.iot.power.grid"), None);
+    }
 }

@@ -3,7 +3,7 @@
 //! standby replica follows the subject with.
 
 use super::message;
-use super::{PRIORITY_GROUP, SubjectSpec, WorkerContext, now, standalone_consumer};
+use super::{PRIORITY_GROUP, SubjectSpec, WorkerContext, now};
 use crate::synthesis::Synthesizer;
 use async_nats::jetstream::consumer::{self, DeliverPolicy, pull};
 use futures::StreamExt;
@@ -123,7 +123,7 @@ pub async fn bind(
         stream
             .get_or_create_consumer(
                 consumer_name,
-                standalone_consumer(consumer_name, &spec.address),
+                qis_contract::consumer::standalone(&spec.name, &ctx.config.site, &spec.address),
             )
             .await
             .map_err(|e| e.to_string())?

@@ -9,11 +9,12 @@ use super::state::{Event, WorkerState};
 use super::{PRIORITY_GROUP, SubjectSpec, WorkerContext, now, set_view};
 use crate::metrics::SubjectLabel;
 use crate::outbox::Entry;
-use crate::synthesis::{Evictions, Settings, Snapshot, Synthesizer};
+use crate::synthesis::{Evictions, Snapshot, Synthesizer};
 use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
+use qis_contract::synthesis::Resolved;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -69,7 +70,7 @@ impl Worker {
     pub fn new(
         ctx: WorkerContext,
         spec: SubjectSpec,
-        (settings, publish_every, max_hops): (Settings, Duration, u8),
+        resolved: Resolved,
         stop: watch::Receiver<bool>,
     ) -> Worker {
         let consumer_name = spec.consumer(&ctx.config.site);
@@ -87,11 +88,11 @@ impl Worker {
             ctx,
             spec,
             consumer_name,
-            synth: Synthesizer::new(settings),
+            synth: Synthesizer::new(resolved.settings),
             evictions: Evictions::default(),
             lag,
-            max_hops,
-            publish_every,
+            max_hops: resolved.max_hops,
+            publish_every: resolved.publish_interval,
             stop,
         }
     }
