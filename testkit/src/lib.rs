@@ -6,6 +6,8 @@
 //! is polled with a deadline.
 
 pub mod controlplane;
+pub mod http;
+pub mod metrics;
 pub mod schema_fuzz;
 
 use std::net::{SocketAddr, TcpStream};

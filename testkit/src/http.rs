@@ -1,0 +1,282 @@
+//! The tests' HTTP client: one [`Http`] per server under test (agent intake, agent or operator
+//! metrics, node-agent probes), built on `reqwest`.
+//!
+//! Every request has a deadline ([`TIMEOUT`] unless set with [`Http::with_timeout`]) and a new
+//! connection (no pooling: a test that restarts a server must not reuse a dead socket). A
+//! failed connection is an [`Answer`] with status 0, so a poll loop can wait for a server to
+//! come up without matching on errors. Tests that must send bytes no HTTP client would (slow
+//! heads, malformed requests) keep their raw sockets; everything else goes through here.
+
+use std::time::Duration;
+
+pub use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+/// The deadline of a request when none is set.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A server's answer: status 0 when there was none (refused, reset, timed out).
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON (`Value::Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The rule a refusal names in its JSON body (`{"rule": …}`), empty when none.
+    pub fn rule(&self) -> String {
+        self.json()["rule"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// A header's value, empty when absent.
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Whether a server answered at all.
+    pub fn answered(&self) -> bool {
+        self.status != 0
+    }
+}
+
+/// A client of one server (`http://127.0.0.1:<port>` unless built with [`Http::new`]).
+#[derive(Debug, Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    /// A client of the server at `base` (`http://host:port`, no trailing slash).
+    pub fn new(base: impl Into<String>) -> Http {
+        Http::build(base.into(), TIMEOUT)
+    }
+
+    /// A client of the server on loopback `port`.
+    pub fn local(port: u16) -> Http {
+        Http::new(format!("http://127.0.0.1:{port}"))
+    }
+
+    /// The same server with another per-request deadline.
+    pub fn with_timeout(&self, timeout: Duration) -> Http {
+        Http::build(self.base.clone(), timeout)
+    }
+
+    fn build(base: String, timeout: Duration) -> Http {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            // A client with these settings always builds (no TLS backend, no proxy files).
+            .expect("an HTTP client without TLS builds");
+        Http { client, base }
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    /// `GET path` as JSON, `None` unless it answered 200 with JSON.
+    pub async fn get_json(&self, path: &str) -> Option<Value> {
+        let a = self.get(path).await;
+        (a.status == 200).then(|| a.json()).filter(|v| !v.is_null())
+    }
+
+    /// `POST path` with `body` as `application/json` and the extra `headers`.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.send(req).await
+    }
+
+    /// `POST path` with `body` serialized as JSON.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
+        self.post(path, body.to_string(), &[]).await
+    }
+
+    /// The server's Prometheus exposition at `/metrics`, `None` when it did not answer 200.
+    pub async fn metrics(&self) -> Option<crate::metrics::Metrics> {
+        let a = self.get("/metrics").await;
+        (a.status == 200).then(|| crate::metrics::Metrics::parse(&a.body))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let Ok(resp) = req.send().await else {
+            return Answer::default();
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        match resp.text().await {
+            Ok(body) => Answer {
+                status,
+                headers,
+                body,
+            },
+            // The head came but the body broke off: no whole answer.
+            Err(_) => Answer::default(),
+        }
+    }
+}
+
+/// The same client for code outside an async runtime (bench drivers, `std::thread`s). Calling
+/// it inside a Tokio runtime panics (reqwest's rule): async tests use [`Http`].
+pub mod blocking {
+    use super::{Answer, TIMEOUT};
+    use std::time::Duration;
+
+    /// A blocking client of one server.
+    #[derive(Debug, Clone)]
+    pub struct Http {
+        client: reqwest::blocking::Client,
+        base: String,
+    }
+
+    impl Http {
+        /// A client of the server on loopback `port`.
+        pub fn local(port: u16) -> Http {
+            Http::with_timeout(port, TIMEOUT)
+        }
+
+        /// A client of the server on loopback `port` with a per-request deadline.
+        pub fn with_timeout(port: u16, timeout: Duration) -> Http {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("an HTTP client without TLS builds");
+            Http {
+                client,
+                base: format!("http://127.0.0.1:{port}"),
+            }
+        }
+
+        /// `GET path`.
+        pub fn get(&self, path: &str) -> Answer {
+            send(self.client.get(format!("{}{path}", self.base)))
+        }
+
+        /// `POST path` with `body` as `application/json` and the extra `headers`.
+        pub fn post(
+            &self,
+            path: &str,
+            body: impl Into<reqwest::blocking::Body>,
+            headers: &[(&str, &str)],
+        ) -> Answer {
+            let mut req = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .body(body);
+            for (name, value) in headers {
+                req = req.header(*name, *value);
+            }
+            send(req)
+        }
+
+        /// The server's Prometheus exposition at `/metrics`, `None` when it did not answer 200.
+        pub fn metrics(&self) -> Option<crate::metrics::Metrics> {
+            let a = self.get("/metrics");
+            (a.status == 200).then(|| crate::metrics::Metrics::parse(&a.body))
+        }
+    }
+
+    fn send(req: reqwest::blocking::RequestBuilder) -> Answer {
+        let Ok(resp) = req.send() else {
+            return Answer::default();
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        match resp.text() {
+            Ok(body) => Answer {
+                status,
+                headers,
+                body,
+            },
+            Err(_) => Answer::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot server that answers `reply` to the first request on a free port.
+    async fn answer_once(reply: String) -> u16 {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(reply.as_bytes()).await;
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn answers_carry_status_headers_body_and_the_refusal_rule() {
+        let body = r#"{"rule":"oversize"}"#;
+        let port = answer_once(format!(
+            "HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\nX-Qis: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        let a = Http::local(port).post("/v1/outcomes", "{}", &[]).await;
+        assert_eq!(a.status, 413);
+        assert_eq!(a.header("x-qis"), "1");
+        assert_eq!(a.rule(), "oversize");
+    }
+
+    #[tokio::test]
+    async fn no_server_is_status_zero_and_a_silent_one_times_out() {
+        let port = crate::free_port();
+        assert!(!Http::local(port).get("/").await.answered());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let silent = listener.local_addr().expect("addr").port();
+        let t = std::time::Instant::now();
+        let a = Http::local(silent)
+            .with_timeout(Duration::from_millis(300))
+            .get("/")
+            .await;
+        assert_eq!(a.status, 0);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        drop(listener);
+    }
+}
