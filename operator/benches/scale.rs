@@ -13,7 +13,8 @@ use kube::api::{Api, ListParams, PostParams};
 use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef};
 use qis_testkit::NatsServer;
 use qis_testkit::controlplane::ControlPlane;
-use std::io::{Read, Write};
+use qis_testkit::http::Http;
+use qis_testkit::metrics::Metrics;
 use std::time::{Duration, Instant};
 
 fn rss_mib(pid: u32) -> f64 {
@@ -28,24 +29,10 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-fn metric_lines(port: u16, name: &str) -> Vec<String> {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return vec![];
-    };
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.lines()
-        .filter(|l| l.starts_with(name))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn metric(port: u16, name: &str) -> f64 {
-    metric_lines(port, name)
-        .iter()
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The operator's metrics on `port`, empty when it did not answer (the bench reports what it
+/// got; a metric nothing has incremented yet counts 0).
+async fn scrape(port: u16) -> Metrics {
+    Http::local(port).metrics().await.unwrap_or_default()
 }
 
 /// The operator's requests and writes so far, from the API server's audit log (it is written
@@ -129,7 +116,7 @@ fn main() {
             .expect("swarm");
         let start = Instant::now();
         let before = requests(&cp, &user).0;
-        let nats_before = metric(port, "qis_operator_nats_requests_total");
+        let nats_before = scrape(port).await.count("qis_operator_nats_requests_total");
         for i in 0..n {
             let s = QisSubjectSpec {
                 swarm_ref: SwarmRef {
@@ -216,8 +203,8 @@ fn main() {
         (
             start.elapsed(),
             requests(&cp, &user).0 - before,
-            metric(port, "qis_operator_nats_requests_total") - nats_before,
-            metric(port, "qis_operator_reconciles_total"),
+            scrape(port).await.count("qis_operator_nats_requests_total") - nats_before,
+            scrape(port).await.count("qis_operator_reconciles_total"),
         )
     });
     let rss_ready = rss_mib(operator.0.id());
@@ -225,17 +212,20 @@ fn main() {
     // converging (the stream's consumer count in the swarm status). Steady state is the one
     // full resync period after it.
     std::thread::sleep(Duration::from_secs(resync + 5));
-    let writes_before = metric(port, "qis_operator_api_writes_total");
-    let writes_lines_before = metric_lines(port, "qis_operator_api_writes_total");
+    const WRITES: &str = "qis_operator_api_writes_total";
+    let steady_before = rt.block_on(scrape(port));
     let (req_before, api_writes_before) = requests(&cp, &user);
-    let nats_steady_before = metric(port, "qis_operator_nats_requests_total");
     std::thread::sleep(Duration::from_secs(resync + 5));
-    let nats_steady = metric(port, "qis_operator_nats_requests_total") - nats_steady_before;
-    let writes = metric(port, "qis_operator_api_writes_total") - writes_before;
+    let steady_after = rt.block_on(scrape(port));
+    let nats_steady = steady_after.count("qis_operator_nats_requests_total")
+        - steady_before.count("qis_operator_nats_requests_total");
+    let writes = steady_after.count(WRITES) - steady_before.count(WRITES);
     if writes > 0.0 {
+        let series = |m: &Metrics| m.series(WRITES).cloned().collect::<Vec<_>>();
         eprintln!(
-            "writes at steady state: before {writes_lines_before:?}, after {:?}",
-            metric_lines(port, "qis_operator_api_writes_total")
+            "writes at steady state: before {:?}, after {:?}",
+            series(&steady_before),
+            series(&steady_after)
         );
     }
     let (req_after, api_writes_after) = requests(&cp, &user);

@@ -1,7 +1,7 @@
 //! The Kubernetes permissions the operator's code uses, in one place. The chart and the
 //! kustomize RBAC must grant exactly these (`operator/tests/manifests.rs` renders both and
 //! compares), and these must be exactly what the operator calls plus what the agents' Role
-//! needs (`operator/tests/controller.rs::rbac_is_what_the_operator_calls` runs the operator
+//! needs (`operator/tests/controller/rbac.rs::rbac_is_what_the_operator_calls` runs the operator
 //! under these rules on the real API server, which refuses what they lack, and reads its audit
 //! log for what the operator asked), so a verb the code never uses, or one it needs and lacks,
 //! fails CI.

@@ -11,9 +11,9 @@ use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, Swa
 use qis_nodeagent::{NodeAgent, NodeAgentConfig, NodeSpec};
 use qis_testkit::NatsServer;
 use qis_testkit::controlplane::{ControlPlane, DumpOnFailure};
+use qis_testkit::http::Http;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NS: &str = "factory";
 const WAIT: Duration = Duration::from_secs(60);
@@ -25,25 +25,6 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     qis_testkit::eventually(what, WAIT, f).await
-}
-
-async fn post(port: u16, body: &str) -> u16 {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return 0;
-    };
-    let req = format!(
-        "POST /v1/outcomes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return 0;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
 }
 
 fn outcome(agent: &str, site: &str) -> String {
@@ -168,7 +149,10 @@ async fn three_sites_converge_and_one_agent_reports_with_failover() {
         let site = p.labels().get("qis.dev/site").cloned().unwrap_or_default();
         let port = port_of(p).expect("port");
         assert_eq!(
-            post(port, &outcome(&format!("sensor-{i}"), &site)).await,
+            Http::local(port)
+                .post("/v1/outcomes", outcome(&format!("sensor-{i}"), &site), &[])
+                .await
+                .status,
             202
         );
     }

@@ -2,7 +2,8 @@
 //! the CRD schema (patterns, ranges, enums; checked with a JSON Schema validator on the
 //! generated schema), the CEL rules (kube's client-side CEL validator, with the old object for
 //! transition rules), or the operator's pure validation (reported as `InvalidSpec` naming the
-//! field). Overlapping prefixes are a runtime conflict (`controller.rs`), not a spec error.
+//! field). Overlapping prefixes are a runtime conflict (`controller/invalid_specs.rs`), not a
+//! spec error.
 
 use kube::core::cel::Validator;
 use serde_json::{Value, json};

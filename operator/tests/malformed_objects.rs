@@ -10,6 +10,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef};
 use qis_testkit::controlplane::{ControlPlane, DumpOnFailure};
+use qis_testkit::http::Http;
 use qis_testkit::{KillOnDrop, NatsServer};
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
@@ -112,17 +113,6 @@ fn subject(name: &str, problem_class: &str) -> QisSubject {
             ..Default::default()
         },
     )
-}
-
-/// GET `path` of the agent at `port`, as JSON.
-fn agent_json(port: u16, path: &str) -> Option<Value> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    serde_json::from_str(buf.split_once("\r\n\r\n")?.1).ok()
 }
 
 /// Proves a malformed swarm and a malformed subject present at start stop nothing else: the
@@ -271,7 +261,7 @@ async fn malformed_objects_present_at_start_stop_nothing_else() {
             .expect("agent"),
     );
     let bound = qis_testkit::eventually("the agent binds both good subjects", WAIT, || async {
-        let views = agent_json(agent_port, "/v1/consensus")?;
+        let views = Http::local(agent_port).get_json("/v1/consensus").await?;
         let mut bound: Vec<String> = views
             .as_array()?
             .iter()

@@ -6,9 +6,9 @@
 use async_nats::jetstream;
 use qis_crds::{QisSubjectSpec, QisSwarmSpec, SwarmRef};
 use qis_operator::{consumer_config, jetstream as js_apply, nats_permissions, stream_config};
+use qis_testkit::http::Http;
 use qis_testkit::{KillOnDrop, NatsServer, eventually};
-use serde_json::{Value, json};
-use std::io::{Read, Write};
+use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -17,27 +17,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// How nats-server 2.15 logs a refused publish or subscription (`Publish Violation - Subject
 /// "..."`, `Subscription Violation - Subject "..."`).
 const VIOLATION: &str = "Violation - Subject";
-
-/// (status, body) of a plain HTTP/1.0 request to the agent's local API.
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (code, body)
-}
 
 fn start_agent(dir: &Path, nats: &str, site: &str, port: u16) -> KillOnDrop {
     let config = dir.join(format!("{site}.yaml"));
@@ -131,7 +110,7 @@ async fn rendered_agent_permissions_suffice_and_confine() {
         eventually(
             "agent ready (connected, consumers bound)",
             WAIT,
-            || async move { (http(port, "GET", "/readyz", "").0 == 200).then_some(()) },
+            || async move { (Http::local(port).get("/readyz").await.status == 200).then_some(()) },
         )
         .await;
     }
@@ -144,15 +123,17 @@ async fn rendered_agent_permissions_suffice_and_confine() {
             "problem_class": "bearing-wear", "conclusion": "47 Hz harmonic", "confidence": 0.8,
             "context_vector": [0.4, 0.7], "timestamp": now, "source_node": format!("node-{i}")});
         assert_eq!(
-            http(*port, "POST", "/v1/outcomes", &packet.to_string()).0,
+            Http::local(*port)
+                .post_json("/v1/outcomes", &packet)
+                .await
+                .status,
             202
         );
     }
     for port in ports {
         eventually("both sites see both agents' packets", WAIT, || async move {
-            let (code, body) = http(port, "GET", "/v1/consensus/wear", "");
-            let v: Value = serde_json::from_str(&body).ok()?;
-            (code == 200 && v["consensus"]["agents"].as_u64() == Some(2)).then_some(())
+            let v = Http::local(port).get_json("/v1/consensus/wear").await?;
+            (v["consensus"]["agents"].as_u64() == Some(2)).then_some(())
         })
         .await;
     }

@@ -3,7 +3,8 @@
 //! [`Scenario`] of expected requests, each answered in turn, on `tower_test::mock`) stands in
 //! for the control plane, and NATS is a closed port (unreachable, as it is when it is down);
 //! the pure status and build steps are called directly. What only a real control plane and a
-//! real nats-server can show stays in `controller.rs`, `jetstream.rs` and `full_loop.rs`.
+//! real nats-server can show stays in `controller/` (one module per feature), `jetstream.rs`
+//! and `full_loop.rs`.
 
 use http::{Request, Response};
 use kube::client::Body;
