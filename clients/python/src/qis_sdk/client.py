@@ -18,10 +18,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .packet import OutcomePacket, packet_id
-from .spool import Spool
+from .spool import Pending, Spool
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,8 @@ class AgentClient:
             pending = pending[len(chunk):]
         return True
 
-    def _drain_one_by_one(self, chunk: Sequence[Any]) -> bool:
+    def _drain_one_by_one(self, chunk: Sequence[Pending]) -> bool:
+        assert self.spool is not None
         for p in chunk:
             try:
                 self._json("POST", "/v1/outcomes", p.body, tries=1)
@@ -300,7 +301,7 @@ class AgentClient:
             except Refused as e:
                 log.warning("spooled packet %s refused by the agent, dropped: %s",
                             packet_id(p.body), e)
-            self.spool.remove(p)  # type: ignore[union-attr]
+            self.spool.remove(p)
         return True
 
     # -- the local view ----------------------------------------------------------------------
@@ -340,7 +341,7 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def _chunks(bodies: Sequence[bytes]) -> Iterable[Sequence[bytes]]:
+def _chunks(bodies: Sequence[bytes]) -> Iterator[Sequence[bytes]]:
     """Consecutive runs of bodies within the agent's batch limits."""
     start, size = 0, 0
     for i, body in enumerate(bodies):

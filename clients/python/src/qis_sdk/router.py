@@ -146,7 +146,8 @@ class NATSOutcomeRouter:
         exact = [v for v in views if covers(v.address, domain, problem_class)
                  and not v.address.endswith(">")]
         wide = [v for v in views if covers(v.address, domain, problem_class)]
-        view = (exact or wide or [None])[0]
+        found = exact or wide
+        view = found[0] if found else None
         return Twins(domain, problem_class, view)
 
     def synthesize_locally(self, my_packet: OutcomePacket, twin_packets: Twins) -> Dict[str, Any]:
