@@ -14,7 +14,8 @@ import. Where the meaning differs:
 - `query_twins()` returns the agent's view of the subject that covers the domain and problem
   class (`Twins`), not the packets: the agent does not hand out its twins' packets. It waits,
   up to `twin_timeout`, until that view counts every agent that deposited to the address
-  through a router of this process (read your writes); then it returns what the view holds.
+  through a router of this process and was answered (read your writes; spooled packets are
+  not waited for); then it returns what the view holds.
   `max_packets` and `consumer_name` are accepted and ignored (the agent's consumer is
   per site, durable, and reads the whole window).
 - `synthesize_locally()` reports the agent's consensus under the article's keys: one vote per
@@ -111,8 +112,9 @@ class NATSOutcomeRouter:
         if not self._connected:
             raise RuntimeError("Call connect() before deposit_outcome()")
         d = await asyncio.to_thread(self.client.deposit, packet)
-        key = (self.agent_url, packet.domain, packet.problem_class)
-        _DEPOSITED.setdefault(key, set()).add(packet.agent_id)
+        if not d.spooled:  # a spooled packet is not in any view yet: do not wait for it
+            key = (self.agent_url, packet.domain, packet.problem_class)
+            _DEPOSITED.setdefault(key, set()).add(packet.agent_id)
         where = "spooled" if d.spooled else f"to {d.subject}"
         print(f"[{self.agent_id}] Deposited {where} (id={d.id})")
         return d.id
