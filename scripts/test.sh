@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run all tests"); CI runs exactly this.
 # Installs what the tests need (scripts/install-tools.sh), then: format, lints, the whole
-# cargo test suite, and offline validation of the generated CRDs against Kubernetes' schemas.
+# cargo test suite, the Python SDK's tests, and offline validation of the generated CRDs
+# against Kubernetes' schemas.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -28,6 +29,9 @@ echo "== cargo build (every binary: the full-loop test runs qis-agent next to qi
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== Python SDK (clients/python): installed as users install it, tested against the built agent"
+"$root/.tools/venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps ./clients/python
+(cd clients/python && "$root/.tools/venv/bin/python" -m pytest -q -p no:cacheprovider tests)
 echo "== CRDs against Kubernetes 1.33 and 1.37 schemas (kubernetes-validate --strict)"
 for version in 1.33.0 1.37.0; do
   kubernetes-validate --strict --quiet -k "$version" crds/*.yaml
