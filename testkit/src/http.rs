@@ -105,9 +105,25 @@ impl Http {
         body: impl Into<reqwest::Body>,
         headers: &[(&str, &str)],
     ) -> Answer {
+        self.request("POST", path, body, headers).await
+    }
+
+    /// `method path` with `body` as `application/json` (sent with its length even on a `GET`:
+    /// a test of a server's body limits needs that) and the extra `headers`. A method that is
+    /// not a valid token is no request: status 0.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
+            return Answer::default();
+        };
         let mut req = self
             .client
-            .post(self.url(path))
+            .request(method, self.url(path))
             .header("content-type", "application/json")
             .body(body);
         for (name, value) in headers {
@@ -186,6 +202,12 @@ pub mod blocking {
             send(self.client.get(format!("{}{path}", self.base)))
         }
 
+        /// `GET path` as JSON, `None` unless it answered 200 with JSON.
+        pub fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+            let a = self.get(path);
+            (a.status == 200).then(|| a.json()).filter(|v| !v.is_null())
+        }
+
         /// `POST path` with `body` as `application/json` and the extra `headers`.
         pub fn post(
             &self,
@@ -193,9 +215,23 @@ pub mod blocking {
             body: impl Into<reqwest::blocking::Body>,
             headers: &[(&str, &str)],
         ) -> Answer {
+            self.request("POST", path, body, headers)
+        }
+
+        /// [`super::Http::request`], blocking.
+        pub fn request(
+            &self,
+            method: &str,
+            path: &str,
+            body: impl Into<reqwest::blocking::Body>,
+            headers: &[(&str, &str)],
+        ) -> Answer {
+            let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
+                return Answer::default();
+            };
             let mut req = self
                 .client
-                .post(format!("{}{path}", self.base))
+                .request(method, format!("{}{path}", self.base))
                 .header("content-type", "application/json")
                 .body(body);
             for (name, value) in headers {
@@ -260,6 +296,79 @@ mod tests {
         assert_eq!(a.status, 413);
         assert_eq!(a.header("x-qis"), "1");
         assert_eq!(a.rule(), "oversize");
+    }
+
+    /// A one-shot server (a thread: it serves async and blocking clients alike) that answers
+    /// 200 with `{"request": <the head and body it got>}`.
+    fn echo_once() -> u16 {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            // Until the head and the body its Content-Length declares are in.
+            while let Ok(n @ 1..) = s.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                    continue;
+                };
+                let declared = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() >= declared {
+                    break;
+                }
+            }
+            let body = serde_json::json!({"request": String::from_utf8_lossy(&got)}).to_string();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes());
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_request_sends_its_method_body_length_and_headers() {
+        let port = echo_once();
+        let a = Http::local(port)
+            .request("GET", "/limits", "x".repeat(600), &[("Qis-Hops", "2")])
+            .await;
+        assert_eq!(a.status, 200);
+        let sent = a.json()["request"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert!(sent.starts_with("get /limits http/1.1\r\n"), "{sent}");
+        assert!(sent.contains("\r\ncontent-length: 600\r\n"), "{sent}");
+        assert!(sent.contains("\r\nqis-hops: 2\r\n"), "{sent}");
+        assert!(sent.ends_with(&"x".repeat(600)), "{sent}");
+        let bad = Http::local(echo_once()).request("B AD", "/", "", &[]).await;
+        assert!(!bad.answered(), "an invalid method is no request");
+    }
+
+    #[test]
+    fn the_blocking_client_sends_the_same_requests_and_reads_json() {
+        let port = echo_once();
+        let a = blocking::Http::local(port).request("PUT", "/x", "{\"a\":1}", &[]);
+        assert_eq!(a.status, 200);
+        let sent = a.json()["request"].as_str().unwrap_or_default().to_owned();
+        assert!(sent.starts_with("PUT /x HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.ends_with("{\"a\":1}"), "{sent}");
+        let port = echo_once();
+        let v = blocking::Http::local(port).get_json("/y").expect("json");
+        let sent = v["request"].as_str().unwrap_or_default();
+        assert!(sent.starts_with("GET /y HTTP/1.1\r\n"), "{sent}");
+        assert_eq!(
+            blocking::Http::local(crate::free_port()).get_json("/"),
+            None
+        );
     }
 
     #[tokio::test]
