@@ -24,6 +24,33 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Reads an answer as it came off a raw socket (a test that sent bytes no client would):
+    /// status line, headers, body; status 0 when there is no status line.
+    pub fn parse(raw: &[u8]) -> Answer {
+        let text = String::from_utf8_lossy(raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .filter(|l| l.starts_with("HTTP/"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines.filter_map(|l| l.split_once(':')) {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()),
+                reqwest::header::HeaderValue::from_str(value.trim()),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
     /// The body as JSON (`Value::Null` when it is not JSON).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
@@ -369,6 +396,18 @@ mod tests {
             blocking::Http::local(crate::free_port()).get_json("/"),
             None
         );
+    }
+
+    #[test]
+    fn a_raw_answer_is_read_like_a_clients() {
+        let a = Answer::parse(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\ncontent-type: application/json\r\n\r\n{\"rule\":\"connection_limit\"}",
+        );
+        assert_eq!(a.status, 503);
+        assert_eq!(a.header("retry-after"), "1");
+        assert_eq!(a.rule(), "connection_limit");
+        assert!(!Answer::parse(b"").answered());
+        assert!(!Answer::parse(b"garbage 200 here\r\n\r\n").answered());
     }
 
     #[tokio::test]
