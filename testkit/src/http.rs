@@ -81,6 +81,7 @@ impl Answer {
 pub struct Http {
     client: reqwest::Client,
     base: String,
+    timeout: Duration,
 }
 
 impl Http {
@@ -99,14 +100,33 @@ impl Http {
         Http::build(self.base.clone(), timeout)
     }
 
+    /// The same server over a kept-alive connection: requests made one after another reuse
+    /// it (what a throughput bench measures). Clones share the pool; use one per connection.
+    pub fn keep_alive(&self) -> Http {
+        Http {
+            client: Http::builder(self.timeout)
+                .build()
+                .expect("an HTTP client without TLS builds"),
+            base: self.base.clone(),
+            timeout: self.timeout,
+        }
+    }
+
     fn build(base: String, timeout: Duration) -> Http {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
+        let client = Http::builder(timeout)
             .pool_max_idle_per_host(0)
             .build()
             // A client with these settings always builds (no TLS backend, no proxy files).
             .expect("an HTTP client without TLS builds");
-        Http { client, base }
+        Http {
+            client,
+            base,
+            timeout,
+        }
+    }
+
+    fn builder(timeout: Duration) -> reqwest::ClientBuilder {
+        reqwest::Client::builder().timeout(timeout).tcp_nodelay(true)
     }
 
     /// The server's base URL.
@@ -408,6 +428,49 @@ mod tests {
         assert_eq!(a.rule(), "connection_limit");
         assert!(!Answer::parse(b"").answered());
         assert!(!Answer::parse(b"garbage 200 here\r\n\r\n").answered());
+    }
+
+    /// A server that counts the connections it accepts and answers every request on each.
+    async fn counting_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    // One read per request: these requests are small and not pipelined.
+                    while let Ok(n @ 1..) = s.read(&mut buf).await {
+                        let _ = n;
+                        let ok = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n";
+                        if s.write_all(ok).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn keep_alive_reuses_one_connection_and_the_default_opens_one_per_request() {
+        use std::sync::atomic::Ordering;
+        let (port, accepted) = counting_server().await;
+        let kept = Http::local(port).keep_alive();
+        for _ in 0..5 {
+            assert_eq!(kept.post("/v1/outcomes", "{}", &[]).await.status, 202);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let fresh = Http::local(port);
+        for _ in 0..3 {
+            assert_eq!(fresh.post("/v1/outcomes", "{}", &[]).await.status, 202);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]
