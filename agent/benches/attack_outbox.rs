@@ -17,39 +17,15 @@
 use async_nats::jetstream;
 use qis_agent::outbox::{Entry, Fsync, Limits, Outbox};
 use qis_testkit::NatsServer;
+use qis_testkit::http::Http;
+use qis_testkit::metrics::Metrics;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const STREAM: &str = "QIS_ATTACK";
 const BOUND: Duration = Duration::from_secs(120);
-
-async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
-}
 
 fn outcome(i: usize) -> String {
     serde_json::json!({"agent_id": format!("sensor-{i}"), "domain": "predictive-maintenance",
@@ -61,7 +37,7 @@ fn outcome(i: usize) -> String {
 
 struct Agent {
     child: Child,
-    port: u16,
+    http: Http,
     _config: tempfile::NamedTempFile,
 }
 
@@ -86,14 +62,13 @@ impl Agent {
             .expect("agent");
         let a = Agent {
             child,
-            port,
+            http: Http::local(port),
             _config: config,
         };
-        let deadline = Instant::now() + BOUND;
-        while http(port, "GET", "/healthz", "").await.0 != 200 {
-            assert!(Instant::now() < deadline, "agent did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        qis_testkit::eventually("the agent started", BOUND, || async {
+            (a.http.get("/healthz").await.status == 200).then_some(())
+        })
+        .await;
         a
     }
 
@@ -107,15 +82,9 @@ impl Agent {
             .unwrap_or(0)
     }
 
-    async fn metrics(&self, prefix: &str) -> Vec<(String, f64)> {
-        let (_, body) = http(self.port, "GET", "/metrics", "").await;
-        body.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| {
-                let (k, v) = l.rsplit_once(' ')?;
-                Some((k.to_owned(), v.parse().ok()?))
-            })
-            .collect()
+    /// The agent's metrics, empty when it did not answer.
+    async fn metrics(&self) -> Metrics {
+        self.http.metrics().await.unwrap_or_default()
     }
 
     fn kill(mut self) {
@@ -131,11 +100,12 @@ impl Drop for Agent {
     }
 }
 
-async fn post_all(port: u16, range: std::ops::Range<usize>) -> (BTreeSet<String>, usize) {
+async fn post_all(intake: Http, range: std::ops::Range<usize>) -> (BTreeSet<String>, usize) {
     let mut acked = BTreeSet::new();
     let mut refused = 0;
     for i in range {
-        let (code, body) = http(port, "POST", "/v1/outcomes", &outcome(i)).await;
+        let answer = intake.post("/v1/outcomes", outcome(i), &[]).await;
+        let (code, body) = (answer.status, answer.body);
         match code {
             202 => {
                 if let Some(id) = serde_json::from_str::<serde_json::Value>(&body)
@@ -206,16 +176,8 @@ async fn recover(
     server.restart();
     let t = Instant::now();
     let agent = Agent::start(&server.url(), data).await;
-    loop {
-        let depth: f64 = agent
-            .metrics("qis_agent_outbox_depth")
-            .await
-            .iter()
-            .map(|(_, v)| v)
-            .sum();
-        if depth == 0.0 && !agent.metrics("qis_agent_outbox_depth").await.is_empty() {
-            break;
-        }
+    // Polled every 20 ms (not `eventually`'s 100): this is the measured time to recover.
+    while agent.metrics().await.value("qis_agent_outbox_depth") != Some(0.0) {
         assert!(t.elapsed() < BOUND, "outbox not delivered within {BOUND:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -250,7 +212,7 @@ async fn kill_storm() -> Row {
         let posters: Vec<_> = (0..4usize)
             .map(|p| {
                 let base = (round * 4 + p) * 1_000_000;
-                tokio::spawn(post_all(agent.port, base..base + 1_000_000))
+                tokio::spawn(post_all(agent.http.clone(), base..base + 1_000_000))
             })
             .collect();
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -283,7 +245,7 @@ async fn torn_tail() -> Row {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     let agent = Agent::start(&server.url(), &data).await;
-    let (mut acked, mut refused) = post_all(agent.port, 0..1000).await;
+    let (mut acked, mut refused) = post_all(agent.http.clone(), 0..1000).await;
     let mut peak = agent.peak_rss_kib();
     agent.kill();
     {
@@ -296,7 +258,7 @@ async fn torn_tail() -> Row {
             .expect("torn");
     }
     let agent = Agent::start(&server.url(), &data).await;
-    let (more, r) = post_all(agent.port, 1000..2000).await;
+    let (more, r) = post_all(agent.http.clone(), 1000..2000).await;
     acked.extend(more);
     refused += r;
     peak = peak.max(agent.peak_rss_kib());
@@ -351,7 +313,8 @@ async fn disk_full() -> Row {
     let mut refusals = 0;
     let mut i = 0;
     while refusals < 20 && i < 100_000 {
-        let (code, body) = http(agent.port, "POST", "/v1/outcomes", &outcome(i)).await;
+        let answer = agent.http.post("/v1/outcomes", outcome(i), &[]).await;
+        let (code, body) = (answer.status, answer.body);
         if code == 202 {
             if let Some(id) = serde_json::from_str::<serde_json::Value>(&body)
                 .ok()
@@ -365,17 +328,12 @@ async fn disk_full() -> Row {
         i += 1;
     }
     let by_rule: Vec<String> = agent
-        .metrics("qis_agent_packets_refused_total")
+        .metrics()
         .await
-        .into_iter()
-        .map(|(k, v)| {
-            let rule = k
-                .split("rule=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("?")
-                .to_owned();
-            format!("{rule}: {v}")
+        .series("qis_agent_packets_refused_total")
+        .map(|s| {
+            let rule = s.labels.get("rule").map_or("?", String::as_str);
+            format!("{rule}: {}", s.value)
         })
         .collect();
     let peak = agent.peak_rss_kib();

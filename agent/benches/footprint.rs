@@ -8,7 +8,7 @@
 use async_nats::jetstream;
 use qis_agent::packet::{OutcomePacket, PacketMeta};
 use qis_testkit::NatsServer;
-use std::io::{Read, Write};
+use qis_testkit::http::blocking::Http;
 use std::time::{Duration, Instant};
 
 fn rss_kib(pid: u32) -> u64 {
@@ -20,24 +20,6 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-fn metric(port: u16, name: &str) -> f64 {
-    get(port, "/metrics")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn main() {
@@ -65,10 +47,10 @@ fn main() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("agent");
+    // Blocking: every request here is made outside the runtime below.
+    let http = Http::with_timeout(port, Duration::from_secs(2));
     let bound = qis_testkit::wait_for(Duration::from_secs(20), || {
-        get(port, "/readyz")
-            .filter(|r| r.contains(" 200 "))
-            .map(|_| started.elapsed())
+        (http.get("/readyz").status == 200).then(|| started.elapsed())
     })
     .expect("agent ready");
     std::thread::sleep(Duration::from_secs(2));
@@ -116,7 +98,8 @@ fn main() {
         }
     });
     qis_testkit::wait_for(Duration::from_secs(120), || {
-        (metric(port, "qis_agent_twins_in") >= n as f64).then_some(())
+        let taken = http.metrics()?.count("qis_agent_twins_in_total");
+        (taken >= n as f64).then_some(())
     })
     .expect("window ingested");
     std::thread::sleep(Duration::from_secs(1));

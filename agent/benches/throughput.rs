@@ -14,9 +14,9 @@ use qis_agent::outbox::{Entry, Outbox};
 use qis_agent::packet::{OutcomePacket, PacketMeta};
 use qis_agent::synthesis::{Settings, Synthesizer};
 use qis_testkit::NatsServer;
+use qis_testkit::http::Http;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SUBJECT: &str = "qis.bench.predictive-maintenance.bearing-wear";
 /// Every rate is the median of this many rounds (this shared machine varies run to run).
@@ -173,16 +173,12 @@ async fn agent_intake(port: u16, packets: &[(Vec<u8>, PacketMeta)], conns: usize
     let mut tasks = Vec::new();
     for chunk in packets.chunks(per) {
         let bodies: Vec<Vec<u8>> = chunk.iter().map(|(b, _)| b.clone()).collect();
+        // One client per task: its requests, one after another, keep one connection.
+        let http = Http::local(port).keep_alive();
         tasks.push(tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-            s.set_nodelay(true).expect("nodelay");
-            let mut buf = vec![0u8; 4096];
             for b in bodies {
-                let head = format!("POST /v1/outcomes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", b.len());
-                s.write_all(head.as_bytes()).await.expect("write");
-                s.write_all(&b).await.expect("write");
-                let n = s.read(&mut buf).await.expect("read");
-                assert!(buf[..n].starts_with(b"HTTP/1.1 202"), "{}", String::from_utf8_lossy(&buf[..n]));
+                let a = http.post("/v1/outcomes", b, &[]).await;
+                assert_eq!(a.status, 202, "{a:?}");
             }
         }));
     }
@@ -210,47 +206,17 @@ async fn agent_intake_batch(
                     .collect()
             })
             .collect();
+        let http = Http::local(port).keep_alive();
         tasks.push(tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-            s.set_nodelay(true).expect("nodelay");
             for b in bodies {
-                let head = format!("POST /v1/outcomes/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n", b.len());
-                s.write_all(head.as_bytes()).await.expect("write");
-                s.write_all(&b).await.expect("write");
-                read_response(&mut s).await;
+                // Sent as application/json (the testkit's), which the intake does not check.
+                let a = http.post("/v1/outcomes/batch", b, &[]).await;
+                assert_eq!(a.status, 202, "{a:?}");
             }
         }));
     }
     for t in tasks {
         t.await.expect("task");
-    }
-}
-
-/// Reads one whole HTTP/1.1 response (head, then Content-Length bytes); asserts 202.
-async fn read_response(s: &mut tokio::net::TcpStream) {
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = s.read(&mut chunk).await.expect("read");
-        assert!(n > 0, "connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        assert!(
-            head.starts_with("http/1.1 202"),
-            "{}",
-            String::from_utf8_lossy(&buf)
-        );
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        if buf.len() >= end + 4 + len {
-            return;
-        }
     }
 }
 
@@ -354,10 +320,7 @@ fn main() {
         .expect("config");
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         tokio::spawn(qis_agent::run::run(config, Some(stop)));
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
+        while !Http::local(port).get("/healthz").await.answered() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Intake rates run until the stream holds every accepted packet.

@@ -10,6 +10,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
+use qis_testkit::http::Http;
 use qis_testkit::{KillOnDrop, NatsServer};
 use serde_json::Value;
 use std::process::{Command, Stdio};
@@ -34,25 +35,10 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    Some(buf.split_once("\r\n\r\n")?.1.to_owned())
-}
-
-/// The value of metric `name` (with its labels, as printed) on the agent.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    http_get(port, "/metrics")?
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
+/// The value of metric `name` summed over the label sets carrying `filter`, 0 when absent;
+/// `None` when the agent did not answer.
+async fn metric(http: &Http, name: &str, filter: &[(&str, &str)]) -> Option<f64> {
+    Some(http.metrics().await?.count_where(name, filter))
 }
 
 /// Peak resident set of process `pid`, KiB.
@@ -108,10 +94,12 @@ async fn a_million_invented_agents_on_one_subject_stay_within_the_limits() {
             .expect("agent"),
     );
     let pid = agent.0.id();
-    qis_testkit::wait_for(Duration::from_secs(30), || {
-        http_get(port, "/readyz").filter(|b| b.starts_with("ready"))
+    let http = Http::local(port);
+    qis_testkit::eventually("the agent ready", Duration::from_secs(30), || async {
+        let a = http.get("/readyz").await;
+        (a.status == 200 && a.body.starts_with("ready")).then_some(())
     })
-    .expect("the agent is ready");
+    .await;
 
     // The flood, pipelined in windows of acknowledged publishes, with the halls among it.
     let started = Instant::now();
@@ -155,42 +143,46 @@ async fn a_million_invented_agents_on_one_subject_stay_within_the_limits() {
     // Every packet taken in by the agent: none lost, none refused by a packet rule.
     let total = (flood + honest) as f64;
     let deadline = Duration::from_secs(600);
-    qis_testkit::wait_for(deadline, || {
-        metric(port, "qis_agent_twins_in_total").filter(|n| *n >= total)
+    let twins_in = || metric(&http, "qis_agent_twins_in_total", &[]);
+    if qis_testkit::poll_for(deadline, || async {
+        twins_in().await.filter(|n| *n >= total)
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "the agent took {:?} of {total} packets",
-            metric(port, "qis_agent_twins_in_total")
-        )
-    });
+    .await
+    .is_none()
+    {
+        panic!("the agent took {:?} of {total} packets", twins_in().await);
+    }
     let consumed = started.elapsed();
     assert_eq!(sent as f64, total);
-    let refused = http_get(port, "/metrics")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("qis_agent_packets_refused_total"))
-        .map(str::to_owned)
+    let refused = http
+        .metrics()
+        .await
+        .expect("metrics")
+        .series("qis_agent_packets_refused_total")
+        .cloned()
         .collect::<Vec<_>>();
     assert!(refused.is_empty(), "refused: {refused:?}");
 
     // The window at its limits, the rest counted.
-    let view: Value =
-        serde_json::from_str(&http_get(port, "/v1/consensus/wear").expect("view")).expect("json");
+    let view: Value = http.get_json("/v1/consensus/wear").await.expect("view");
     let agents = view["consensus"]["agents"].as_u64().expect("agents");
     assert_eq!(agents, 10_000.min(flood as u64 + 3), "{view}");
     // Counted at the worker's next snapshot tick (every 250 ms).
-    let voters = "qis_agent_synthesis_evictions_total{subject=\"wear\",reason=\"voters\"}";
-    let expected = (flood + 3).saturating_sub(10_000) as f64;
-    let evicted_voters = qis_testkit::wait_for(Duration::from_secs(10), || {
-        Some(metric(port, voters).unwrap_or(0.0)).filter(|n| *n == expected)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "voters evicted: {:?}, expected {expected}",
-            metric(port, voters)
+    let voters = || {
+        metric(
+            &http,
+            "qis_agent_synthesis_evictions_total",
+            &[("subject", "wear"), ("reason", "voters")],
         )
-    });
+    };
+    let expected = (flood + 3).saturating_sub(10_000) as f64;
+    let Some(evicted_voters) = qis_testkit::poll_for(Duration::from_secs(10), || async {
+        voters().await.filter(|n| *n == expected)
+    })
+    .await
+    else {
+        panic!("voters evicted: {:?}, expected {expected}", voters().await);
+    };
 
     let peak = peak_rss_kib(pid).expect("VmHWM");
     println!(

@@ -34,6 +34,7 @@ async fn a_trickled_head_and_a_silent_connection_are_closed_at_the_header_timeou
         let port = agent.port;
         async move {
             let t = Instant::now();
+            // Raw on purpose: a connection that sends nothing (no HTTP client opens one).
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .expect("connect");
@@ -104,6 +105,7 @@ async fn a_connection_over_the_cap_is_refused_at_once() {
         "{maxConnections: 4, headerTimeout: 30s}",
     )
     .await;
+    // Raw on purpose: connections held open without a request (no HTTP client opens one).
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(
@@ -114,7 +116,7 @@ async fn a_connection_over_the_cap_is_refused_at_once() {
     }
     // The fourth slot is the metrics request's own.
     qis_testkit::eventually("3 connections held", Duration::from_secs(10), || async {
-        (agent.metric("qis_agent_intake_connections", "").await == 4.0).then_some(())
+        (agent.metric("qis_agent_intake_connections", &[]).await == 4.0).then_some(())
     })
     .await;
     // The metrics connection may not have been released yet when the fourth comes: then the
@@ -128,19 +130,23 @@ async fn a_connection_over_the_cap_is_refused_at_once() {
                 .expect("connect"),
         );
         let t = Instant::now();
-        let (code, head, body) = get(agent.port, "/healthz").await;
-        if code == 503 {
-            answer = Some((t.elapsed(), head, body));
+        // Raw on purpose: the agent answers a connection over the cap as soon as it accepts
+        // it, before any request; an HTTP client drops an answer that comes before its
+        // request (status 0), the bytes on the wire are what this test asserts.
+        let a = raw(
+            agent.port,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if a.status == 503 {
+            answer = Some((t.elapsed(), a));
             break;
         }
     }
-    let (took, head, body) = answer.expect("a connection over the cap was refused");
+    let (took, a) = answer.expect("a connection over the cap was refused");
     seen += 1;
-    assert_eq!(rule_of(&body), "connection_limit", "{head}\n{body}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: 1"),
-        "{head}"
-    );
+    assert_eq!(a.rule(), "connection_limit", "{a:?}");
+    assert_eq!(a.header("retry-after"), "1", "{a:?}");
     assert!(took < Duration::from_secs(1), "refused after {took:?}");
     let mut buf = [0u8; 64];
     for s in &mut held {
@@ -156,7 +162,7 @@ async fn a_connection_over_the_cap_is_refused_at_once() {
     // Until the agent has seen the held connections close, a try may still be refused.
     let refused = std::sync::atomic::AtomicU64::new(seen);
     qis_testkit::eventually("the cap freed", Duration::from_secs(10), || async {
-        match get(agent.port, "/healthz").await.0 {
+        match agent.http.get("/healthz").await.status {
             200 => Some(()),
             _ => {
                 refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -192,51 +198,45 @@ async fn every_route_refuses_a_body_over_its_limit() {
         ("POST", "/v1/outcomes", "too_large"),
     ];
     for (method, path, rule) in routes {
-        let (code, _, body) = request(agent.port, method, path, &big, "").await;
+        let a = agent.http.request(method, path, big.clone(), &[]).await;
         assert_eq!(
-            (code, rule_of(&body).as_str()),
+            (a.status, a.rule().as_str()),
             (413, rule),
-            "{method} {path}: {body}"
+            "{method} {path}: {}",
+            a.body
         );
         *expected.entry(rule).or_insert(0u64) += 1;
     }
-    // A chunked body is cut when it passes the limit.
+    // A chunked body is cut when it passes the limit. Raw: the test chooses the framing (one
+    // 600-byte chunk), which a client's streamed body leaves to the client.
     let chunked = format!(
         "POST /v1/outcomes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n258\r\n{}\r\n0\r\n\r\n",
         "x".repeat(600)
     );
-    let (code, _, body) = raw(agent.port, chunked.as_bytes()).await;
-    assert_eq!(
-        (code, rule_of(&body).as_str()),
-        (413, "too_large"),
-        "{body}"
-    );
+    let a = raw(agent.port, chunked.as_bytes()).await;
+    assert_eq!((a.status, a.rule().as_str()), (413, "too_large"), "{a:?}");
     *expected.entry("too_large").or_insert(0) += 1;
-    // A batch declared over 1 MiB is refused before a byte of it is read.
+    // A batch declared over 1 MiB is refused before a byte of it is read. Raw: a declared
+    // length with no body behind it is nothing an HTTP client sends.
     let head = format!(
         "POST /v1/outcomes/batch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         (1 << 20) + 1
     );
-    let (code, _, body) = raw(agent.port, head.as_bytes()).await;
+    let a = raw(agent.port, head.as_bytes()).await;
     assert_eq!(
-        (code, rule_of(&body).as_str()),
+        (a.status, a.rule().as_str()),
         (413, "batch_too_large"),
-        "{body}"
+        "{a:?}"
     );
     *expected.entry("batch_too_large").or_insert(0) += 1;
-    let (code, _, body) = request(agent.port, "GET", "/no/such/route", b"", "").await;
-    assert_eq!((code, rule_of(&body).as_str()), (404, "no_route"), "{body}");
+    let a = agent.http.get("/no/such/route").await;
+    assert_eq!((a.status, a.rule().as_str()), (404, "no_route"), "{a:?}");
     *expected.entry("no_route").or_insert(0) += 1;
     for (rule, n) in expected {
         assert_eq!(agent.refused(rule).await, n, "refusals by {rule}");
     }
     let ok = packet("predictive-maintenance", "bearing-wear", 1);
-    assert_eq!(
-        request(agent.port, "POST", "/v1/outcomes", ok.as_bytes(), "")
-            .await
-            .0,
-        202
-    );
+    assert_eq!(agent.http.post("/v1/outcomes", ok, &[]).await.status, 202);
 }
 
 /// Proves a full deposit queue (NATS hung: SIGSTOPped with its connection open, so each
@@ -250,9 +250,11 @@ async fn a_full_queue_is_answered_503_within_the_wait() {
     let dir = tempfile::tempdir().expect("tmp");
     let agent = AgentProc::start(bin(), &nats.url(), dir.path(), "{queueWait: 500ms}").await;
     nats.pause();
-    let port = agent.port;
     let posts: Vec<_> = (0..12usize)
         .map(|b| {
+            // An accepted batch is answered once its deposit round gave up on the hung NATS
+            // and wrote the outbox, one batch after another: 47 s for the last of 9 measured.
+            let http = agent.http.with_timeout(Duration::from_secs(120));
             tokio::spawn(async move {
                 let body: Vec<u8> = (0..1000)
                     .map(|i| packet("attack", "batch", b * 1000 + i))
@@ -260,30 +262,26 @@ async fn a_full_queue_is_answered_503_within_the_wait() {
                     .join("\n")
                     .into_bytes();
                 let t = Instant::now();
-                let (code, head, answer) =
-                    request(port, "POST", "/v1/outcomes/batch", &body, "").await;
-                (code, t.elapsed(), head, answer)
+                let answer = http.post("/v1/outcomes/batch", body, &[]).await;
+                (t.elapsed(), answer)
             })
         })
         .collect();
     let mut accepted = 0u64;
     let mut refusals = Vec::new();
     for p in posts {
-        let (code, took, head, answer) = p.await.expect("post");
-        match code {
+        let (took, answer) = p.await.expect("post");
+        match answer.status {
             202 => accepted += 1000,
-            503 => refusals.push((took, head, answer)),
-            other => panic!("{other} {answer}"),
+            503 => refusals.push((took, answer)),
+            _ => panic!("after {took:?}: {answer:?}"),
         }
     }
-    let (took, head, answer) = refusals
+    let (took, answer) = refusals
         .first()
         .expect("the queue filled within 12 batches");
-    assert_eq!(rule_of(answer), "queue_full", "{answer}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: 1"),
-        "{head}"
-    );
+    assert_eq!(answer.rule(), "queue_full", "{answer:?}");
+    assert_eq!(answer.header("retry-after"), "1", "{answer:?}");
     assert!(
         *took >= Duration::from_millis(450) && *took < Duration::from_secs(3),
         "answered after {took:?}"
@@ -314,18 +312,17 @@ async fn concurrent_batches_stay_within_the_memory_limit() {
     let dir = tempfile::tempdir().expect("tmp");
     let agent = AgentProc::start(bin(), &nats.url(), dir.path(), "{}").await;
     let (idle, _) = agent.memory_kib();
-    let port = agent.port;
     let tasks: Vec<_> = (0..48)
         .map(|i| {
+            let http = agent.http.clone();
             tokio::spawn(async move {
                 let body = if i % 2 == 0 {
                     many_lines_batch()
                 } else {
                     padded_batch(i)
                 };
-                let (code, _, answer) =
-                    request(port, "POST", "/v1/outcomes/batch", &body, "").await;
-                (code, rule_of(&answer))
+                let answer = http.post("/v1/outcomes/batch", body, &[]).await;
+                (answer.status, answer.rule())
             })
         })
         .collect();
@@ -353,12 +350,7 @@ async fn stored_counts_a_subject() {
     let agent = AgentProc::start(bin(), &nats.url(), dir.path(), "{}").await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
     let body = packet("good-device", "steady", 7);
-    assert_eq!(
-        request(agent.port, "POST", "/v1/outcomes", body.as_bytes(), "")
-            .await
-            .0,
-        202
-    );
+    assert_eq!(agent.http.post("/v1/outcomes", body, &[]).await.status, 202);
     qis_testkit::eventually("one packet stored", Duration::from_secs(10), || async {
         (stored(&js, GOOD_SUBJECT).await == 1).then_some(())
     })
@@ -380,6 +372,8 @@ async fn a_client_that_never_reads_is_cut_off_at_the_write_timeout() {
         "{headerTimeout: 30s, bodyTimeout: 1s}",
     )
     .await;
+    // Raw on purpose: 20,000 pipelined requests whose answers are never read (no HTTP client
+    // sends a request before reading the last answer).
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", agent.port))
         .await
         .expect("connect");

@@ -9,11 +9,11 @@
 
 use async_nats::jetstream;
 use qis_testkit::NatsServer;
+use qis_testkit::http::{Answer, Http};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
 const STREAM: &str = "QIS_OUTBOX_TEST";
@@ -24,32 +24,6 @@ where
     Fut: std::future::Future<Output = Option<T>>,
 {
     qis_testkit::eventually(what, WAIT, f).await
-}
-
-/// A minimal HTTP/1.1 client: (status, body); status 0 when the connection failed.
-async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
 }
 
 fn outcome(i: usize) -> String {
@@ -63,7 +37,7 @@ fn outcome(i: usize) -> String {
 /// One agent process on a data directory.
 struct Agent {
     child: Child,
-    port: u16,
+    http: Http,
     _config: tempfile::NamedTempFile,
 }
 
@@ -89,26 +63,22 @@ impl Agent {
             .expect("agent");
         Agent {
             child,
-            port,
+            http: Http::local(port),
             _config: config,
         }
     }
 
     async fn healthy(&self) {
         eventually("agent serving", || async {
-            (http(self.port, "GET", "/healthz", "").await.0 == 200).then_some(())
+            (self.http.get("/healthz").await.status == 200).then_some(())
         })
         .await;
     }
 
-    async fn metric(&self, name: &str) -> Option<f64> {
-        let (code, body) = http(self.port, "GET", "/metrics", "").await;
-        (code == 200).then(|| {
-            body.lines()
-                .filter(|l| l.starts_with(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        })
+    /// A metric named exactly `name`, summed over the label sets carrying `filter`: 0 when
+    /// absent, `None` when `/metrics` did not answer.
+    async fn metric(&self, name: &str, filter: &[(&str, &str)]) -> Option<f64> {
+        Some(self.http.metrics().await?.count_where(name, filter))
     }
 
     fn kill(mut self) {
@@ -187,7 +157,7 @@ async fn deliver_and_count(
     let agent = Agent::spawn(&server.url(), data, "");
     agent.healthy().await;
     eventually("the outbox delivered", || async {
-        (agent.metric("qis_agent_outbox_depth").await? == 0.0).then_some(())
+        (agent.metric("qis_agent_outbox_depth", &[]).await? == 0.0).then_some(())
     })
     .await;
     let ids = stream_ids(server).await;
@@ -258,12 +228,12 @@ impl Drop for TinyDisk {
 
 /// Posts packets `range` one by one until `stop`; returns the acknowledged ids and the
 /// refusals' bodies.
-async fn post_all(port: u16, range: std::ops::Range<usize>) -> (BTreeSet<String>, Vec<String>) {
+async fn post_all(intake: Http, range: std::ops::Range<usize>) -> (BTreeSet<String>, Vec<String>) {
     let mut acked = BTreeSet::new();
     let mut refused = Vec::new();
     for i in range {
-        let (code, body) = http(port, "POST", "/v1/outcomes", &outcome(i)).await;
-        match code {
+        let Answer { status, body, .. } = intake.post("/v1/outcomes", outcome(i), &[]).await;
+        match status {
             202 => {
                 acked.insert(acked_id(&body).expect("202 names the id"));
             }
@@ -292,7 +262,7 @@ async fn kill_storm_loses_and_doubles_nothing() {
         let posters: Vec<_> = (0..4usize)
             .map(|p| {
                 let base = (round * 4 + p) * 100_000;
-                tokio::spawn(post_all(agent.port, base..base + 100_000))
+                tokio::spawn(post_all(agent.http.clone(), base..base + 100_000))
             })
             .collect();
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -326,7 +296,7 @@ async fn torn_tail_costs_no_packet() {
     let data = dir.path().join("data");
     let agent = Agent::spawn(&server.url(), &data, "");
     agent.healthy().await;
-    let (mut acked, refused) = post_all(agent.port, 0..20).await;
+    let (mut acked, refused) = post_all(agent.http.clone(), 0..20).await;
     assert!(refused.is_empty() && acked.len() == 20);
     agent.kill();
     {
@@ -340,7 +310,7 @@ async fn torn_tail_costs_no_packet() {
     }
     let agent = Agent::spawn(&server.url(), &data, "");
     agent.healthy().await;
-    let (more, _) = post_all(agent.port, 20..40).await;
+    let (more, _) = post_all(agent.http.clone(), 20..40).await;
     assert_eq!(more.len(), 20);
     acked.extend(more);
     agent.kill();
@@ -365,8 +335,8 @@ async fn disk_full_during_push_refuses_and_keeps_what_it_acknowledged() {
     let mut acked = BTreeSet::new();
     let mut refusals = Vec::new();
     for i in 0..2_000 {
-        let (code, body) = http(agent.port, "POST", "/v1/outcomes", &outcome(i)).await;
-        match code {
+        let Answer { status, body, .. } = agent.http.post("/v1/outcomes", outcome(i), &[]).await;
+        match status {
             202 => {
                 acked.insert(acked_id(&body).expect("id"));
             }
@@ -388,7 +358,10 @@ async fn disk_full_during_push_refuses_and_keeps_what_it_acknowledged() {
         "{refusals:?}"
     );
     let counted = agent
-        .metric("qis_agent_packets_refused_total{rule=\"outbox_unwritable\"}")
+        .metric(
+            "qis_agent_packets_refused_total",
+            &[("rule", "outbox_unwritable")],
+        )
         .await
         .expect("metrics");
     assert_eq!(counted, refusals.len() as f64);
@@ -401,9 +374,11 @@ async fn disk_full_during_push_refuses_and_keeps_what_it_acknowledged() {
     let agent = Agent::spawn(&server.url(), &data, "");
     agent.healthy().await;
     assert_eq!(
-        http(agent.port, "POST", "/v1/outcomes", &outcome(5_000))
+        agent
+            .http
+            .post("/v1/outcomes", outcome(5_000), &[])
             .await
-            .0,
+            .status,
         202
     );
 }
@@ -420,12 +395,12 @@ async fn disk_full_during_delivery_sends_nothing_twice() {
     let data = disk.path().join("data");
     let agent = Agent::spawn(&server.url(), &data, "");
     agent.healthy().await;
-    let (acked, refused) = post_all(agent.port, 0..200).await;
+    let (acked, refused) = post_all(agent.http.clone(), 0..200).await;
     assert!(refused.is_empty() && acked.len() == 200);
     let filler = disk.fill();
     server.restart();
     eventually("delivered on a full disk", || async {
-        (agent.metric("qis_agent_outbox_depth").await? == 0.0).then_some(())
+        (agent.metric("qis_agent_outbox_depth", &[]).await? == 0.0).then_some(())
     })
     .await;
     agent.kill();

@@ -4,10 +4,10 @@
 use async_nats::jetstream;
 use qis_agent::config::{Config, FileConfig, NatsConfig, SubjectConfig};
 use qis_testkit::NatsServer;
+use qis_testkit::http::Http;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -15,6 +15,7 @@ const STREAM: &str = "QIS_OUTCOMES";
 
 struct Agent {
     port: u16,
+    http: Http,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -73,9 +74,14 @@ impl Agent {
         let config = Config::from_file_config(file).expect("config");
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(qis_agent::run::run(config, Some(rx)));
-        let agent = Agent { port, stop, task };
+        let agent = Agent {
+            port,
+            http: Http::local(port),
+            stop,
+            task,
+        };
         eventually("agent ready", || async {
-            (http(agent.port, "GET", "/readyz", "", &[]).await.0 == 200).then_some(())
+            (agent.http.get("/readyz").await.status == 200).then_some(())
         })
         .await;
         agent
@@ -88,10 +94,7 @@ impl Agent {
     }
 
     async fn view(&self) -> Option<Value> {
-        let (code, body) = http(self.port, "GET", "/v1/consensus/wear", "", &[]).await;
-        (code == 200)
-            .then(|| serde_json::from_str::<Value>(&body).ok())
-            .flatten()
+        self.http.get_json("/v1/consensus/wear").await
     }
 
     async fn consensus(&self) -> Option<Value> {
@@ -102,50 +105,14 @@ impl Agent {
             .filter(|c| !c.is_null())
     }
 
-    async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = http(self.port, "GET", "/metrics", "", &[]).await;
-        body.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    /// A metric named exactly `name`, summed over the label sets carrying `filter`; 0 when
+    /// absent.
+    async fn metric(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        self.http
+            .metrics()
+            .await
+            .map_or(0.0, |m| m.count_where(name, filter))
     }
-}
-
-/// A minimal HTTP/1.1 client: (status, body).
-async fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    body: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    let extra: String = headers
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        out.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default(),
-    )
 }
 
 /// Polls `f` until it returns `Some`, or fails the test after `WAIT` saying what it waited for.
@@ -169,7 +136,10 @@ fn outcome(agent: &str, confidence: f64, ts: f64) -> String {
 }
 
 async fn post(a: &Agent, body: &str) -> u16 {
-    http(a.port, "POST", "/v1/outcomes", body, &[]).await.0
+    a.http
+        .post("/v1/outcomes", body.to_owned(), &[])
+        .await
+        .status
 }
 
 async fn agents_seen(a: &Agent) -> Option<u64> {
@@ -235,8 +205,7 @@ async fn a_subject_with_an_unusable_setting_is_refused_and_the_others_served() {
     .expect("the agent reads the subject; using it is refused later");
     let agent = Agent::start_with(&server.url(), "a", "agent-a", dir.path(), vec![bad]).await;
     let refused = eventually("the bad subject reported as refused", || async {
-        let (code, body) = http(agent.port, "GET", "/v1/consensus/bad", "", &[]).await;
-        let v: Value = serde_json::from_str(&body).ok().filter(|_| code == 200)?;
+        let v = agent.http.get_json("/v1/consensus/bad").await?;
         v["refused"].as_str().map(str::to_owned)
     })
     .await;
@@ -244,7 +213,10 @@ async fn a_subject_with_an_unusable_setting_is_refused_and_the_others_served() {
         refused.contains("synthesis.window"),
         "names the field: {refused}"
     );
-    assert_eq!(agent.metric("qis_agent_subjects_refused_total").await, 1.0);
+    assert_eq!(
+        agent.metric("qis_agent_subjects_refused_total", &[]).await,
+        1.0
+    );
     assert_eq!(post(&agent, &outcome("pump-1", 0.9, now())).await, 202);
     eventually("the good subject still synthesizes", || async {
         (agents_seen(&agent).await? == 1).then_some(())
@@ -317,15 +289,15 @@ async fn duplicates_floods_and_synthesis_packets_do_not_vote() {
         );
     }
     let synth = outcome("synth-agent", 0.99, t);
-    let (code, _) = http(
-        a.port,
-        "POST",
-        "/v1/outcomes",
-        &synth,
-        &[("Qis-Kind", "synthesis"), ("Qis-Hops", "1")],
-    )
-    .await;
-    assert_eq!(code, 202);
+    let answer = a
+        .http
+        .post(
+            "/v1/outcomes",
+            synth,
+            &[("Qis-Kind", "synthesis"), ("Qis-Hops", "1")],
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{answer:?}");
     let c = eventually("22 packets synthesized", || async {
         let c = a.consensus().await?;
         (c["packets"].as_u64()? == 21).then_some(c)
@@ -356,7 +328,7 @@ async fn duplicates_floods_and_synthesis_packets_do_not_vote() {
     .await
     .expect("ack");
     eventually("the redelivery was seen and ignored", || async {
-        (a.metric("qis_agent_twins_duplicate").await >= 1.0).then_some(())
+        (a.metric("qis_agent_twins_duplicate_total", &[]).await >= 1.0).then_some(())
     })
     .await;
     let c = a.consensus().await.expect("consensus");
@@ -414,15 +386,12 @@ async fn intake_refuses_bad_packets() {
         ),
     ];
     for (body, headers, code, rule) in cases {
-        let (got, reply) = http(a.port, "POST", "/v1/outcomes", &body, &headers).await;
-        assert_eq!(got, code, "{rule}: {reply}");
-        let reply: Value = serde_json::from_str(&reply).expect("json reply");
-        assert_eq!(reply["rule"], rule);
+        let reply = a.http.post("/v1/outcomes", body, &headers).await;
+        assert_eq!(reply.status, code, "{rule}: {reply:?}");
+        assert_eq!(reply.rule(), rule, "{reply:?}");
         assert!(
-            a.metric(&format!(
-                "qis_agent_packets_refused_total{{rule=\"{rule}\"}}"
-            ))
-            .await
+            a.metric("qis_agent_packets_refused_total", &[("rule", rule)])
+                .await
                 >= 1.0
         );
     }
@@ -448,7 +417,7 @@ async fn outbox_survives_a_nats_outage() {
         assert_eq!(post(&a, &outcome(&format!("pump-{i}"), 0.7, t)).await, 202);
     }
     eventually("packets wait in the outbox", || async {
-        (a.metric("qis_agent_outbox_depth").await >= 50.0).then_some(())
+        (a.metric("qis_agent_outbox_depth", &[]).await >= 50.0).then_some(())
     })
     .await;
     server.restart();
@@ -458,7 +427,7 @@ async fn outbox_survives_a_nats_outage() {
     })
     .await;
     eventually("outbox empty", || async {
-        (a.metric("qis_agent_outbox_depth").await == 0.0).then_some(())
+        (a.metric("qis_agent_outbox_depth", &[]).await == 0.0).then_some(())
     })
     .await;
     assert_eq!(outcomes(&js).await, (50, 50), "all 50 stored, none twice");
@@ -486,7 +455,7 @@ async fn outbox_and_window_survive_an_agent_restart() {
         assert_eq!(post(&a, &outcome(&format!("late-{i}"), 0.8, t)).await, 202);
     }
     eventually("outbox holds the late ones", || async {
-        (a.metric("qis_agent_outbox_depth").await >= 30.0).then_some(())
+        (a.metric("qis_agent_outbox_depth", &[]).await >= 30.0).then_some(())
     })
     .await;
     a.stop().await;
@@ -591,7 +560,7 @@ async fn nats_killed_mid_run_loses_and_doubles_nothing() {
     }
     let t = now();
     let total = 10_000usize;
-    let ports: Vec<u16> = agents.iter().map(|a| a.port).collect();
+    let intakes: Vec<Http> = agents.iter().map(|a| a.http.clone()).collect();
     let sender = tokio::spawn(async move {
         for i in 0..total {
             // 100 sensors, 100 readings each, spread over the three sites' intakes.
@@ -600,9 +569,9 @@ async fn nats_killed_mid_run_loses_and_doubles_nothing() {
                 0.6 + (i % 30) as f64 / 100.0,
                 t - (i / 100) as f64,
             );
-            let port = ports[i % ports.len()];
+            let intake = &intakes[i % intakes.len()];
             loop {
-                match http(port, "POST", "/v1/outcomes", &body, &[]).await.0 {
+                match intake.post("/v1/outcomes", body.clone(), &[]).await.status {
                     202 => break,
                     _ => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
@@ -612,7 +581,7 @@ async fn nats_killed_mid_run_loses_and_doubles_nothing() {
     eventually("the run is under way", || async {
         let mut n = 0.0;
         for a in &agents {
-            n += a.metric("qis_agent_packets_in_total").await;
+            n += a.metric("qis_agent_packets_in_total", &[]).await;
         }
         (n >= 3000.0).then_some(())
     })
@@ -677,33 +646,19 @@ async fn outbox_survives_sigkill() {
             .expect("agent")
     };
     let port = qis_testkit::free_port();
+    let first_http = Http::local(port);
     let mut first = spawn(config(port));
     eventually("first agent ready", || async {
-        (http(port, "GET", "/readyz", "", &[]).await.0 == 200).then_some(())
+        (first_http.get("/readyz").await.status == 200).then_some(())
     })
     .await;
     server.kill();
     let t = now();
     for i in 0..40 {
-        assert_eq!(
-            http(
-                port,
-                "POST",
-                "/v1/outcomes",
-                &outcome(&format!("pump-{i}"), 0.7, t),
-                &[]
-            )
-            .await
-            .0,
-            202
-        );
+        let body = outcome(&format!("pump-{i}"), 0.7, t);
+        assert_eq!(first_http.post("/v1/outcomes", body, &[]).await.status, 202);
     }
-    let depth = || async {
-        let (_, body) = http(port, "GET", "/metrics", "", &[]).await;
-        body.lines()
-            .find(|l| l.starts_with("qis_agent_outbox_depth"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
+    let depth = || async { first_http.metrics().await?.value("qis_agent_outbox_depth") };
     eventually("40 packets in the outbox", || async {
         (depth().await? >= 40.0).then_some(())
     })
@@ -767,8 +722,11 @@ async fn standby_replica_keeps_its_view_current() {
         .await;
     }
     let (active, passive) = if standby[0] { (&r2, &r1) } else { (&r1, &r2) };
-    assert_eq!(passive.metric("qis_agent_synthesis_out_total").await, 0.0);
-    assert!(active.metric("qis_agent_synthesis_out_total").await >= 1.0);
+    assert_eq!(
+        passive.metric("qis_agent_synthesis_out_total", &[]).await,
+        0.0
+    );
+    assert!(active.metric("qis_agent_synthesis_out_total", &[]).await >= 1.0);
 
     // The active replica goes away: the standby takes the pin (within the pin TTL, 30 s) and
     // becomes active, and what arrives from then on is delivered to it by the site consumer.
@@ -802,9 +760,9 @@ async fn batch_intake_is_all_or_nothing() {
             .map(|i| outcome(&format!("pump-{i}"), 0.8, t) + "\n")
             .collect()
     };
-    let (code, reply) = http(a.port, "POST", "/v1/outcomes/batch", &batch(0..3), &[]).await;
-    assert_eq!(code, 202, "{reply}");
-    let reply: Value = serde_json::from_str(&reply).expect("json");
+    let reply = a.http.post("/v1/outcomes/batch", batch(0..3), &[]).await;
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let reply = reply.json();
     assert_eq!(reply["accepted"], 3);
     assert_eq!(reply["ids"].as_array().map(Vec::len), Some(3));
     eventually("3 agents", || async {
@@ -818,20 +776,20 @@ async fn batch_intake_is_all_or_nothing() {
         outcome("pump-8", 0.8, t).replace("\"domain\"", "\"extra\":1,\"domain\""),
         outcome("pump-9", 0.8, t)
     );
-    let (code, reply) = http(a.port, "POST", "/v1/outcomes/batch", &bad, &[]).await;
-    assert_eq!(code, 400, "{reply}");
-    let reply: Value = serde_json::from_str(&reply).expect("json");
+    let reply = a.http.post("/v1/outcomes/batch", bad, &[]).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let reply = reply.json();
     assert_eq!(reply["rule"], "unknown_field");
     assert_eq!(reply["refused"][0]["line"], 2);
     assert_eq!(
-        a.metric("qis_agent_packets_in_total").await,
+        a.metric("qis_agent_packets_in_total", &[]).await,
         3.0,
         "nothing of the refused batch was taken in"
     );
 
-    let (code, reply) = http(a.port, "POST", "/v1/outcomes/batch", &batch(0..1001), &[]).await;
-    assert_eq!(code, 413, "{reply}");
-    assert!(reply.contains("batch_too_large"), "{reply}");
+    let reply = a.http.post("/v1/outcomes/batch", batch(0..1001), &[]).await;
+    assert_eq!(reply.status, 413, "{reply:?}");
+    assert_eq!(reply.rule(), "batch_too_large", "{reply:?}");
 
     // The CLI: 300 lines (two batches), the 150th bad.
     let file = dir.path().join("outcomes.jsonl");

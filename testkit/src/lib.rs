@@ -303,7 +303,20 @@ impl Drop for NatsServer {
 
 /// Polls the async `f` every 100 ms until it returns `Some`, or panics after `timeout` naming
 /// what it waited for.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match poll_for(timeout, f).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// [`wait_for`] for async tests: polls the async `f` every 100 ms until it returns `Some`, or
+/// `None` once `timeout` has passed (the caller says what it saw).
+pub async fn poll_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -311,12 +324,11 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(v) = f().await {
-            return v;
+            return Some(v);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -324,6 +336,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn poll_for_returns_the_first_some_or_none_at_the_deadline() {
+        let mut n = 0;
+        let got = poll_for(Duration::from_secs(5), || {
+            n += 1;
+            let v = n;
+            async move { (v == 3).then_some(v) }
+        })
+        .await;
+        assert_eq!(got, Some(3));
+        let t = std::time::Instant::now();
+        let never = poll_for(Duration::from_millis(300), || async { None::<()> }).await;
+        assert_eq!(never, None);
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+    }
 
     #[test]
     fn free_ports_are_below_the_ephemeral_range_spread_and_bindable() {

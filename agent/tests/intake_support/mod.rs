@@ -1,10 +1,12 @@
 //! What the intake tests and the attack bench share: the real `qis-agent` binary started
-//! standalone against a real nats-server, a raw HTTP/1.1 client (attacks need bytes a real
-//! client would never send), metrics, peak RSS, and the attack itself.
+//! standalone against a real nats-server, requests through the testkit's client, raw sockets
+//! only for what no HTTP client sends (trickled heads and bodies, bytes as they are), metrics,
+//! peak RSS, and the attack itself.
 #![allow(dead_code)]
 
 use async_nats::jetstream;
 use qis_testkit::KillOnDrop;
+use qis_testkit::http::{Answer, Http};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ pub const GOOD_SUBJECT: &str = "qis.iot.good-device.steady";
 pub struct AgentProc {
     pub port: u16,
     pub pid: u32,
+    pub http: Http,
     _child: KillOnDrop,
 }
 
@@ -48,31 +51,29 @@ impl AgentProc {
         let agent = AgentProc {
             port,
             pid,
+            http: Http::local(port),
             _child: KillOnDrop(child),
         };
         qis_testkit::eventually("agent ready", Duration::from_secs(30), || async {
-            (get(port, "/readyz").await.0 == 200).then_some(())
+            (agent.http.get("/readyz").await.status == 200).then_some(())
         })
         .await;
         agent
     }
 
-    /// A counter or gauge summed over its label sets matching `filter` (`""`: all).
-    pub async fn metric(&self, name: &str, filter: &str) -> f64 {
-        let (_, _, body) = get(self.port, "/metrics").await;
-        body.lines()
-            .filter(|l| l.starts_with(name) && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    /// A counter or gauge named exactly `name`, summed over its label sets that carry every
+    /// label of `filter` (`&[]`: all); 0 when absent or when `/metrics` did not answer.
+    pub async fn metric(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        self.http
+            .metrics()
+            .await
+            .map_or(0.0, |m| m.count_where(name, filter))
     }
 
     /// Refusals counted for `rule`.
     pub async fn refused(&self, rule: &str) -> u64 {
-        self.metric(
-            "qis_agent_packets_refused_total",
-            &format!("rule=\"{rule}\""),
-        )
-        .await as u64
+        self.metric("qis_agent_packets_refused_total", &[("rule", rule)])
+            .await as u64
     }
 
     /// Peak resident memory (`VmHWM`) and current (`VmRSS`), KiB.
@@ -90,60 +91,22 @@ impl AgentProc {
     }
 }
 
-/// A response: status, head, body.
-pub type Answer = (u16, String, String);
-
-/// One request on a new connection (`Connection: close`); status 0 when the connection failed.
-pub async fn request(port: u16, method: &str, path: &str, body: &[u8], extra: &str) -> Answer {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new(), String::new());
-    };
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        body.len()
-    );
-    // One write: a refusal on the declared length then finds the body already read, and the
-    // connection closes cleanly rather than reset over unread bytes.
-    let mut req = head.into_bytes();
-    req.extend_from_slice(body);
-    // The answer may come before the whole body is sent (a refusal on the declared length).
-    let _ = s.write_all(&req).await;
-    read_answer(&mut s).await
-}
-
-/// `bytes` as they are, then the answer.
+/// `bytes` as they are on a new connection, then the answer (status 0 for none). Raw on
+/// purpose: for requests no HTTP client would send (a declared length with no body, a chunk
+/// framing of the test's choosing).
 pub async fn raw(port: u16, bytes: &[u8]) -> Answer {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new(), String::new());
+        return Answer::default();
     };
     let _ = s.write_all(bytes).await;
     read_answer(&mut s).await
 }
 
-/// Reads until the server closes: the answer, or status 0 for none.
+/// Reads a raw connection until the server closes: the answer, or status 0 for none.
 pub async fn read_answer(s: &mut TcpStream) -> Answer {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
-    let text = String::from_utf8_lossy(&out);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, head.to_owned(), body.to_owned())
-}
-
-pub async fn get(port: u16, path: &str) -> Answer {
-    request(port, "GET", path, b"", "").await
-}
-
-/// The rule a refusal named in its JSON body.
-pub fn rule_of(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["rule"].as_str().map(str::to_owned))
-        .unwrap_or_default()
+    Answer::parse(&out)
 }
 
 /// An outcome packet of `domain`/`class`, distinct for every `i`.
@@ -208,6 +171,7 @@ pub struct Device {
 /// (503, connection closed) is tried again after `Retry-After` (at most 1 s) until the
 /// packet's deadline of 20 s.
 pub async fn device(port: u16, start: Instant, every: Duration, until: Instant) -> Device {
+    let http = Http::local(port).with_timeout(Duration::from_secs(20));
     let mut out = Device::default();
     let mut i = 0;
     let mut tick = tokio::time::interval(every);
@@ -222,8 +186,8 @@ pub async fn device(port: u16, start: Instant, every: Duration, until: Instant) 
         loop {
             tries += 1;
             let t = Instant::now();
-            let (code, head, _) = request(port, "POST", "/v1/outcomes", body.as_bytes(), "").await;
-            if code == 202 {
+            let answer = http.post("/v1/outcomes", body.clone(), &[]).await;
+            if answer.status == 202 {
                 out.posts.push((sent - start, t.elapsed(), tries));
                 break;
             }
@@ -231,10 +195,11 @@ pub async fn device(port: u16, start: Instant, every: Duration, until: Instant) 
                 out.given_up += 1;
                 break;
             }
-            let wait = head
-                .lines()
-                .find_map(|l| l.strip_prefix("retry-after: "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            let wait = answer
+                .header("retry-after")
+                .trim()
+                .parse::<u64>()
+                .ok()
                 .map_or(Duration::from_millis(100), |s| {
                     Duration::from_secs(s.min(1))
                 });
@@ -253,7 +218,8 @@ pub struct Closed {
 }
 
 /// A slowloris: a request head that never ends, one byte every `gap`, until the agent closes
-/// the connection or `give_up` passes (then `None`).
+/// the connection or `give_up` passes (then `None`). Raw on purpose: no HTTP client trickles
+/// its head.
 pub async fn slow_head(port: u16, gap: Duration, give_up: Duration) -> Option<Closed> {
     let t = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
@@ -263,7 +229,8 @@ pub async fn slow_head(port: u16, gap: Duration, give_up: Duration) -> Option<Cl
     trickle(&mut s, t, gap, give_up).await
 }
 
-/// A slow body: a whole head declaring 512 bytes, then one byte every `gap`.
+/// A slow body: a whole head declaring 512 bytes, then one byte every `gap`. Raw on purpose:
+/// no HTTP client trickles its body.
 pub async fn slow_body(port: u16, gap: Duration, give_up: Duration) -> Option<Closed> {
     let t = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
@@ -354,16 +321,18 @@ pub async fn run_attack(
     let port = agent.port;
     // Bodies made before the clock starts: making them during the attack starved the slow
     // clients of this process (their heads went out after the agent's header timeout).
-    let lines = std::sync::Arc::new(many_lines_batch());
-    let bodies: Vec<std::sync::Arc<Vec<u8>>> = (0..attack.batches)
+    let lines = bytes::Bytes::from(many_lines_batch());
+    let bodies: Vec<bytes::Bytes> = (0..attack.batches)
         .map(|i| {
             if i % 2 == 0 {
                 lines.clone()
             } else {
-                std::sync::Arc::new(padded_batch(i))
+                padded_batch(i).into()
             }
         })
         .collect();
+    // A batch may wait as long as a slow connection is allowed to last.
+    let http = agent.http.with_timeout(give_up);
     let start = Instant::now();
     let device = tokio::spawn(device(port, start, Duration::from_millis(20), start + span));
     tokio::time::sleep_until((start + Duration::from_secs(1)).into()).await;
@@ -383,10 +352,10 @@ pub async fn run_attack(
     let batches: Vec<_> = bodies
         .into_iter()
         .map(|body| {
+            let http = http.clone();
             tokio::spawn(async move {
-                let (code, _, answer) =
-                    request(port, "POST", "/v1/outcomes/batch", &body, "").await;
-                ((code, rule_of(&answer)), start.elapsed())
+                let answer = http.post("/v1/outcomes/batch", body, &[]).await;
+                ((answer.status, answer.rule()), start.elapsed())
             })
         })
         .collect();
@@ -415,14 +384,13 @@ pub async fn run_attack(
         },
     )
     .await;
-    let (_, _, metrics) = get(port, "/metrics").await;
-    let refusals = metrics
-        .lines()
-        .filter(|l| l.starts_with("qis_agent_packets_refused_total{"))
-        .filter_map(|l| {
-            let rule = l.split('"').nth(1)?.to_owned();
-            Some((rule, l.rsplit(' ').next()?.parse::<f64>().ok()? as u64))
-        })
+    let refusals = agent
+        .http
+        .metrics()
+        .await
+        .expect("the agent's metrics after the attack")
+        .series("qis_agent_packets_refused_total")
+        .filter_map(|s| Some((s.labels.get("rule")?.clone(), s.value as u64)))
         .collect();
     Outcome {
         device,

@@ -16,6 +16,7 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use qis_agent::packet::OutcomePacket;
 use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, SwarmRef};
+use qis_testkit::http::Http;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -105,28 +106,17 @@ async fn admission(
     Ok(())
 }
 
-/// POSTs one outcome packet to an agent's intake at `addr` (host:port); the HTTP status.
+/// POSTs one outcome packet to an agent's intake at `addr` (host:port, port-forwarded by
+/// run.sh); the HTTP status.
 async fn post_outcome(addr: &str, body: &[u8]) -> Result<u16, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("intake {addr}: {e}"))?;
-    let head = format!(
-        "POST /v1/outcomes HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(body).await.map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .await
-        .map_err(|e| e.to_string())?;
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("intake {addr}: no HTTP status in {out:?}"))
+    let answer = Http::new(format!("http://{addr}"))
+        .post("/v1/outcomes", body.to_vec(), &[])
+        .await;
+    if answer.answered() {
+        Ok(answer.status)
+    } else {
+        Err(format!("intake {addr}: no answer"))
+    }
 }
 
 async fn run() -> Result<(), String> {

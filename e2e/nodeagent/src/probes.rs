@@ -4,7 +4,6 @@
 use k8s_openapi::api::core::v1::Probe;
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs `probe` once against `127.0.0.1:port`: true on success.
 pub(crate) async fn run(probe: &Probe, port: u16, env: &[(String, String)], cwd: &Path) -> bool {
@@ -18,14 +17,15 @@ pub(crate) async fn run(probe: &Probe, port: u16, env: &[(String, String)], cwd:
     let attempt = async {
         if let Some(http) = &probe.http_get {
             let path = http.path.as_deref().unwrap_or("/");
-            let headers: String = http
+            let headers: Vec<(&str, &str)> = http
                 .http_headers
                 .iter()
                 .flatten()
-                .map(|h| format!("{}: {}\r\n", h.name, h.value))
+                .map(|h| (h.name.as_str(), h.value.as_str()))
                 .collect();
             http_get(port, path, &headers).await
         } else if probe.tcp_socket.is_some() {
+            // A tcpSocket probe is a bare connect, as the kubelet's: no HTTP in it.
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
@@ -57,29 +57,25 @@ pub(crate) async fn run(probe: &Probe, port: u16, env: &[(String, String)], cwd:
         .unwrap_or(false)
 }
 
-/// `GET path` over HTTP/1.1: a 2xx or 3xx status is a success, as for the kubelet.
-async fn http_get(port: u16, path: &str, headers: &str) -> bool {
-    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+/// `GET path` over HTTP/1.1 on a new connection: a 2xx or 3xx status is a success, as for
+/// the kubelet (a redirect is not followed). The caller bounds the time.
+async fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> bool {
+    let Ok(client) = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .user_agent("kube-probe/1.33")
+        .build()
+    else {
         return false;
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\n{headers}Connection: close\r\n\r\n"
-    );
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
+    let mut request = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("accept", "*/*");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
-    let mut head = Vec::new();
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
+    match request.send().await {
+        Ok(answer) => matches!(answer.status().as_u16(), 200..=399),
+        Err(_) => false,
     }
-    let line = String::from_utf8_lossy(&head);
-    let code = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok());
-    matches!(code, Some(200..=399))
 }

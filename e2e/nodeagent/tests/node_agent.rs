@@ -13,11 +13,11 @@ use kube::api::{Api, ListParams};
 use qis_nodeagent::{NodeAgent, NodeAgentConfig, NodeSpec, PORT_ANNOTATION};
 use qis_testkit::controlplane::{ControlPlane, DumpOnFailure};
 use qis_testkit::eventually;
+use qis_testkit::http::Http;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IMAGE: &str = "registry.invalid/qis/test-program:1";
 const EDGE_TAINT: &str = "node-role.kubernetes.io/edge";
@@ -316,8 +316,7 @@ impl Fixture {
     async fn report(&self, pod: &str) -> Option<Value> {
         let p = self.pod(pod).await?;
         let port: u16 = p.metadata.annotations?.get(PORT_ANNOTATION)?.parse().ok()?;
-        let (code, body) = http_get(port, "/report").await?;
-        (code == 200).then(|| serde_json::from_str(&body).ok())?
+        Http::local(port).get_json("/report").await
     }
 
     async fn finish(mut self) {
@@ -332,23 +331,6 @@ fn is_ready(p: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
 }
 
 fn deployment(name: &str, replicas: i32, spec: Value) -> Value {
@@ -580,7 +562,10 @@ async fn a_deleted_pod_stops_and_its_replacement_starts() {
     let port = f.agent().pod_port(&f.ns, &victim).expect("port");
     let pid = f.agent().pids(&f.ns, &victim)["program"];
     assert!(PathBuf::from(format!("/proc/{pid}")).exists());
-    assert!(http_get(port, "/healthz").await.is_some(), "serving before");
+    assert!(
+        Http::local(port).get("/healthz").await.answered(),
+        "serving before"
+    );
 
     f.cp.kubectl(&["delete", "pod", &victim, "-n", &f.ns, "--wait=false"]);
     eventually("the pod object gone", Duration::from_secs(20), || async {
@@ -599,7 +584,7 @@ async fn a_deleted_pod_stops_and_its_replacement_starts() {
         "process {pid} is gone"
     );
     assert!(
-        http_get(port, "/healthz").await.is_none(),
+        !Http::local(port).get("/healthz").await.answered(),
         "nothing serves its port"
     );
 
