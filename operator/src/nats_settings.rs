@@ -21,9 +21,15 @@ impl Secrets {
 
     async fn key_of(&mut self, name: &str, key: &str, field: &str) -> Result<String, Error> {
         if !self.cache.contains_key(name) {
-            let secret = self.api.get_opt(name).await?.ok_or_else(|| {
-                Error::MissingSecret(format!("{field}: Secret {name:?} does not exist"))
-            })?;
+            let secret = self
+                .api
+                .get_opt(name)
+                .await?
+                .ok_or_else(|| Error::MissingSecret {
+                    field: field.to_owned(),
+                    secret: name.to_owned(),
+                    key: None,
+                })?;
             self.cache.insert(name.to_owned(), secret);
         }
         let secret = &self.cache[name];
@@ -39,8 +45,10 @@ impl Secrets {
                     .and_then(|d| d.get(key))
                     .map(|s| s.clone().into_bytes())
             })
-            .ok_or_else(|| {
-                Error::MissingSecret(format!("{field}: Secret {name:?} has no key {key:?}"))
+            .ok_or_else(|| Error::MissingSecret {
+                field: field.to_owned(),
+                secret: name.to_owned(),
+                key: Some(key.to_owned()),
             })?;
         String::from_utf8(bytes).map_err(|_| Error::InvalidSpec {
             field: field.to_owned(),

@@ -55,7 +55,7 @@ where
                 { "op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer },
                 { "op": "remove", "path": format!("/metadata/finalizers/{i}") }
             ]))
-            .map_err(|e| Error::Finalizer(e.to_string()))?;
+            .map_err(|e| Error::Finalizer { source: e.into() })?;
             api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
                 .await?;
             let note = format!(
