@@ -102,72 +102,88 @@ pub struct StreamOutcome {
 pub async fn ensure_stream(js: &Context, desired: &stream::Config) -> Result<StreamOutcome, Error> {
     let what = format!("stream {}", desired.name);
     match api::<stream::Info>(js, format!("STREAM.INFO.{}", desired.name), &json!({})).await {
-        Ok(live) => {
-            let ours = stream_config::owner(desired);
-            if let Some(owner) = stream_config::owner(&live.config)
-                && Some(owner) != ours
-            {
-                return Err(Error::Conflict {
-                    context: format!("{what} exists and belongs to {owner}"),
-                    source: None,
-                });
-            }
-            let immutable = stream_config::immutable_changes(&live.config, desired);
-            if !immutable.is_empty() {
-                return Err(Error::NotSupported {
-                    context: format!(
-                        "{what}: {} cannot change on an existing stream (delete the swarm with deletionPolicy delete to recreate it)",
-                        immutable.join(", ")
-                    ),
-                    source: None,
-                });
-            }
-            let drifted = stream_config::drift(&live.config, desired);
-            if drifted.is_empty() {
-                return Ok(StreamOutcome {
-                    created: false,
-                    reverted: vec![],
-                    state: live.state,
-                });
-            }
-            let updated: stream::Info = api(
-                js,
-                format!("STREAM.UPDATE.{}", desired.name),
-                &json!(desired),
-            )
-            .await
-            .map_err(|e| e.into_error(&format!("{what} update of {}", drifted.join(", "))))?;
-            Ok(StreamOutcome {
-                created: false,
-                reverted: drifted,
-                state: updated.state,
-            })
-        }
-        Err(e) if e.is(code::STREAM_NOT_FOUND) => {
-            if let Some(other) = overlapping_stream(js, desired).await? {
-                return Err(Error::Conflict {
-                    context: format!(
-                        "subjects {:?} overlap stream {other} on the same NATS account",
-                        desired.subjects
-                    ),
-                    source: None,
-                });
-            }
-            let created: stream::Info = api(
-                js,
-                format!("STREAM.CREATE.{}", desired.name),
-                &json!(desired),
-            )
-            .await
-            .map_err(|e| e.into_error(&what))?;
-            Ok(StreamOutcome {
-                created: true,
-                reverted: vec![],
-                state: created.state,
-            })
-        }
+        Ok(live) => revert_stream(js, desired, live, &what).await,
+        Err(e) if e.is(code::STREAM_NOT_FOUND) => create_stream(js, desired, &what).await,
         Err(e) => Err(e.into_error(&what)),
     }
+}
+
+/// Puts the `live` stream back to `desired`: refused when it belongs to another swarm or
+/// differs in what cannot change in place.
+async fn revert_stream(
+    js: &Context,
+    desired: &stream::Config,
+    live: stream::Info,
+    what: &str,
+) -> Result<StreamOutcome, Error> {
+    let ours = stream_config::owner(desired);
+    if let Some(owner) = stream_config::owner(&live.config)
+        && Some(owner) != ours
+    {
+        return Err(Error::Conflict {
+            context: format!("{what} exists and belongs to {owner}"),
+            source: None,
+        });
+    }
+    let immutable = stream_config::immutable_changes(&live.config, desired);
+    if !immutable.is_empty() {
+        return Err(Error::NotSupported {
+            context: format!(
+                "{what}: {} cannot change on an existing stream (delete the swarm with deletionPolicy delete to recreate it)",
+                immutable.join(", ")
+            ),
+            source: None,
+        });
+    }
+    let drifted = stream_config::drift(&live.config, desired);
+    if drifted.is_empty() {
+        return Ok(StreamOutcome {
+            created: false,
+            reverted: vec![],
+            state: live.state,
+        });
+    }
+    let updated: stream::Info = api(
+        js,
+        format!("STREAM.UPDATE.{}", desired.name),
+        &json!(desired),
+    )
+    .await
+    .map_err(|e| e.into_error(&format!("{what} update of {}", drifted.join(", "))))?;
+    Ok(StreamOutcome {
+        created: false,
+        reverted: drifted,
+        state: updated.state,
+    })
+}
+
+/// Creates the stream, unless its subjects overlap another stream's.
+async fn create_stream(
+    js: &Context,
+    desired: &stream::Config,
+    what: &str,
+) -> Result<StreamOutcome, Error> {
+    if let Some(other) = overlapping_stream(js, desired).await? {
+        return Err(Error::Conflict {
+            context: format!(
+                "subjects {:?} overlap stream {other} on the same NATS account",
+                desired.subjects
+            ),
+            source: None,
+        });
+    }
+    let created: stream::Info = api(
+        js,
+        format!("STREAM.CREATE.{}", desired.name),
+        &json!(desired),
+    )
+    .await
+    .map_err(|e| e.into_error(what))?;
+    Ok(StreamOutcome {
+        created: true,
+        reverted: vec![],
+        state: created.state,
+    })
 }
 
 #[derive(Deserialize)]
