@@ -117,7 +117,10 @@ mod tests {
         }
         let fine = caught(async { Ok(Action::await_change()) }).await;
         assert!(fine.is_ok());
-        let failing = caught(async { Err(Error::Waiting("later".into())) }).await;
+        let later = crate::error::Wait::NoStream {
+            what: "later".into(),
+        };
+        let failing = caught(async { Err(later.into()) }).await;
         assert!(matches!(failing, Err(Error::Waiting(_))));
     }
 }

@@ -6,7 +6,7 @@
 //! `NatsUnavailable` (retry), a refused change is `NotSupported` (wait for a spec change),
 //! overlapping subjects are `ResourceConflict`.
 
-use crate::error::Error;
+use crate::error::{Error, Refusal, Wait};
 use crate::{consumer_config, stream_config};
 use async_nats::jetstream::consumer::{self, FromConsumer, IntoConsumerConfig, pull};
 use async_nats::jetstream::response::Response;
@@ -32,36 +32,38 @@ mod code {
 /// A JetStream API failure: the server's answer, or no answer.
 #[derive(Debug)]
 enum ApiError {
-    Server { code: u64, description: String },
-    Unreachable(String),
+    Server(Refusal),
+    Unreachable(async_nats::jetstream::context::RequestError),
 }
 
 impl ApiError {
     fn is(&self, c: u64) -> bool {
-        matches!(self, ApiError::Server { code, .. } if *code == c)
+        matches!(self, ApiError::Server(r) if r.code == c)
     }
 
     /// The operator error for a failed change of `what`.
     fn into_error(self, what: &str) -> Error {
+        let context = what.to_owned();
         match self {
-            ApiError::Server {
-                code: code::SUBJECT_OVERLAP,
-                description,
-            } => Error::Conflict(format!("{what}: {description}")),
-            ApiError::Server {
-                code: code::MAX_CONSUMERS,
-                description,
-            } => Error::ConsumerLimit(format!(
-                "{what}: {description}; raise the swarm's spec.stream.maxConsumers \
-                 (or the account's JetStream consumer limit)"
-            )),
-            ApiError::Server { code, description } if code::TRANSIENT.contains(&code) => {
-                Error::Nats(format!("{what}: {description}"))
+            ApiError::Server(r) if r.code == code::SUBJECT_OVERLAP => Error::Conflict {
+                context,
+                source: Some(r),
+            },
+            ApiError::Server(r) if r.code == code::MAX_CONSUMERS => {
+                Error::ConsumerLimit { context, source: r }
             }
-            ApiError::Server { description, .. } => {
-                Error::NotSupported(format!("{what}: the server refused it: {description}"))
-            }
-            ApiError::Unreachable(e) => Error::Nats(format!("{what}: {e}")),
+            ApiError::Server(r) if code::TRANSIENT.contains(&r.code) => Error::Nats {
+                context,
+                source: r.into(),
+            },
+            ApiError::Server(r) => Error::NotSupported {
+                context: format!("{what}: the server refused it"),
+                source: Some(r.into()),
+            },
+            ApiError::Unreachable(e) => Error::Nats {
+                context,
+                source: e.into(),
+            },
         }
     }
 }
@@ -79,11 +81,11 @@ async fn api<T: DeserializeOwned>(
     REQUESTS.inc();
     match js.request::<_, _, Response<T>>(subject, payload).await {
         Ok(Response::Ok(v)) => Ok(v),
-        Ok(Response::Err { error }) => Err(ApiError::Server {
+        Ok(Response::Err { error }) => Err(ApiError::Server(Refusal {
             code: error.error_code().0,
             description: error.to_string(),
-        }),
-        Err(e) => Err(ApiError::Unreachable(e.to_string())),
+        })),
+        Err(e) => Err(ApiError::Unreachable(e)),
     }
 }
 
@@ -100,65 +102,88 @@ pub struct StreamOutcome {
 pub async fn ensure_stream(js: &Context, desired: &stream::Config) -> Result<StreamOutcome, Error> {
     let what = format!("stream {}", desired.name);
     match api::<stream::Info>(js, format!("STREAM.INFO.{}", desired.name), &json!({})).await {
-        Ok(live) => {
-            let ours = stream_config::owner(desired);
-            if let Some(owner) = stream_config::owner(&live.config)
-                && Some(owner) != ours
-            {
-                return Err(Error::Conflict(format!(
-                    "{what} exists and belongs to {owner}"
-                )));
-            }
-            let immutable = stream_config::immutable_changes(&live.config, desired);
-            if !immutable.is_empty() {
-                return Err(Error::NotSupported(format!(
-                    "{what}: {} cannot change on an existing stream (delete the swarm with deletionPolicy delete to recreate it)",
-                    immutable.join(", ")
-                )));
-            }
-            let drifted = stream_config::drift(&live.config, desired);
-            if drifted.is_empty() {
-                return Ok(StreamOutcome {
-                    created: false,
-                    reverted: vec![],
-                    state: live.state,
-                });
-            }
-            let updated: stream::Info = api(
-                js,
-                format!("STREAM.UPDATE.{}", desired.name),
-                &json!(desired),
-            )
-            .await
-            .map_err(|e| e.into_error(&format!("{what} update of {}", drifted.join(", "))))?;
-            Ok(StreamOutcome {
-                created: false,
-                reverted: drifted,
-                state: updated.state,
-            })
-        }
-        Err(e) if e.is(code::STREAM_NOT_FOUND) => {
-            if let Some(other) = overlapping_stream(js, desired).await? {
-                return Err(Error::Conflict(format!(
-                    "subjects {:?} overlap stream {other} on the same NATS account",
-                    desired.subjects
-                )));
-            }
-            let created: stream::Info = api(
-                js,
-                format!("STREAM.CREATE.{}", desired.name),
-                &json!(desired),
-            )
-            .await
-            .map_err(|e| e.into_error(&what))?;
-            Ok(StreamOutcome {
-                created: true,
-                reverted: vec![],
-                state: created.state,
-            })
-        }
+        Ok(live) => revert_stream(js, desired, live, &what).await,
+        Err(e) if e.is(code::STREAM_NOT_FOUND) => create_stream(js, desired, &what).await,
         Err(e) => Err(e.into_error(&what)),
     }
+}
+
+/// Puts the `live` stream back to `desired`: refused when it belongs to another swarm or
+/// differs in what cannot change in place.
+async fn revert_stream(
+    js: &Context,
+    desired: &stream::Config,
+    live: stream::Info,
+    what: &str,
+) -> Result<StreamOutcome, Error> {
+    let ours = stream_config::owner(desired);
+    if let Some(owner) = stream_config::owner(&live.config)
+        && Some(owner) != ours
+    {
+        return Err(Error::Conflict {
+            context: format!("{what} exists and belongs to {owner}"),
+            source: None,
+        });
+    }
+    let immutable = stream_config::immutable_changes(&live.config, desired);
+    if !immutable.is_empty() {
+        return Err(Error::NotSupported {
+            context: format!(
+                "{what}: {} cannot change on an existing stream (delete the swarm with deletionPolicy delete to recreate it)",
+                immutable.join(", ")
+            ),
+            source: None,
+        });
+    }
+    let drifted = stream_config::drift(&live.config, desired);
+    if drifted.is_empty() {
+        return Ok(StreamOutcome {
+            created: false,
+            reverted: vec![],
+            state: live.state,
+        });
+    }
+    let updated: stream::Info = api(
+        js,
+        format!("STREAM.UPDATE.{}", desired.name),
+        &json!(desired),
+    )
+    .await
+    .map_err(|e| e.into_error(&format!("{what} update of {}", drifted.join(", "))))?;
+    Ok(StreamOutcome {
+        created: false,
+        reverted: drifted,
+        state: updated.state,
+    })
+}
+
+/// Creates the stream, unless its subjects overlap another stream's.
+async fn create_stream(
+    js: &Context,
+    desired: &stream::Config,
+    what: &str,
+) -> Result<StreamOutcome, Error> {
+    if let Some(other) = overlapping_stream(js, desired).await? {
+        return Err(Error::Conflict {
+            context: format!(
+                "subjects {:?} overlap stream {other} on the same NATS account",
+                desired.subjects
+            ),
+            source: None,
+        });
+    }
+    let created: stream::Info = api(
+        js,
+        format!("STREAM.CREATE.{}", desired.name),
+        &json!(desired),
+    )
+    .await
+    .map_err(|e| e.into_error(what))?;
+    Ok(StreamOutcome {
+        created: true,
+        reverted: vec![],
+        state: created.state,
+    })
 }
 
 #[derive(Deserialize)]
@@ -244,14 +269,21 @@ pub async fn ensure_consumer(
     let what = format!("consumer {name} on stream {stream}");
     match api::<consumer::Info>(js, format!("CONSUMER.INFO.{stream}.{name}"), &json!({})).await {
         Ok(live) => {
-            let live_config = pull::Config::try_from_consumer_config(live.config)
-                .map_err(|e| Error::NotSupported(format!("{what} is not a pull consumer: {e}")))?;
+            let live_config = pull::Config::try_from_consumer_config(live.config).map_err(|e| {
+                Error::NotSupported {
+                    context: format!("{what} is not a pull consumer"),
+                    source: Some(e),
+                }
+            })?;
             let immutable = consumer_config::immutable_changes(&live_config, desired);
             if !immutable.is_empty() {
-                return Err(Error::NotSupported(format!(
-                    "{what}: {} cannot change on an existing consumer (recreate the subject)",
-                    immutable.join(", ")
-                )));
+                return Err(Error::NotSupported {
+                    context: format!(
+                        "{what}: {} cannot change on an existing consumer (recreate the subject)",
+                        immutable.join(", ")
+                    ),
+                    source: None,
+                });
             }
             let drifted = consumer_config::drift(&live_config, desired);
             if !drifted.is_empty() {
@@ -283,9 +315,7 @@ pub async fn ensure_consumer(
                 reverted: vec![],
             })
         }
-        Err(e) if e.is(code::STREAM_NOT_FOUND) => Err(Error::Waiting(format!(
-            "{what}: the stream does not exist yet"
-        ))),
+        Err(e) if e.is(code::STREAM_NOT_FOUND) => Err(Wait::NoStream { what }.into()),
         Err(e) => Err(e.into_error(&what)),
     }
 }

@@ -201,16 +201,7 @@ async fn main() -> ExitCode {
         print_permissions(namespace, swarm, prefix.as_deref(), format, user);
         return ExitCode::SUCCESS;
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube=warn".into());
-    if args.log_format == "json" {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    init_logs(&args.log_format);
     let default_nats = match default_nats(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -225,11 +216,40 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let options = options(&args, default_nats);
+    match run(client, options).await {
+        Ok(()) => {
+            tracing::info!("shut down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Logs to stderr, as JSON lines when `format` is `json`; `RUST_LOG` filters.
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    if format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// How the operator runs, from its arguments.
+fn options(args: &Args, default_nats: Settings) -> Options {
     let identity = args
         .pod_name
         .clone()
         .unwrap_or_else(|| format!("qis-operator-{}", std::process::id()));
-    let options = Options {
+    Options {
         config: Config {
             default_nats,
             defaults: Defaults {
@@ -258,15 +278,5 @@ async fn main() -> ExitCode {
         concurrency: args.concurrency,
         instance: Some(identity),
         watch_namespace: args.watch_namespace.clone().filter(|ns| !ns.is_empty()),
-    };
-    match run(client, options).await {
-        Ok(()) => {
-            tracing::info!("shut down");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            ExitCode::from(1)
-        }
     }
 }

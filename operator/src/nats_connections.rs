@@ -7,7 +7,7 @@
 //! of a set of settings, and each slot connects on its own. A swarm whose server accepts and
 //! never answers delays only the reconciles that use the same settings, never the others.
 
-use crate::error::Error;
+use crate::error::{Cause, Error};
 use async_nats::jetstream::Context;
 use qis_contract::connect;
 use qis_contract::paths::tls as tls_file;
@@ -131,7 +131,10 @@ impl Pool {
     }
 
     async fn connect(&self, s: &Settings) -> Result<async_nats::Client, Error> {
-        let nats = |e: &dyn std::fmt::Display| Error::Nats(format!("connecting to {}: {e}", s.url));
+        let nats = |e: Cause| Error::Nats {
+            context: format!("connecting to {}", s.url),
+            source: e,
+        };
         let opts = connect::options("qis-operator", self.timeout);
         let mut opts = connect::with_auth(opts, &s.auth).map_err(|e| Error::InvalidSpec {
             field: "spec.nats.credentials.credsFile".into(),
@@ -139,12 +142,12 @@ impl Pool {
         })?;
         if let Some(tls) = &s.tls {
             let dir = self.scratch.join(format!("{:016x}", s.fingerprint()));
-            std::fs::create_dir_all(&dir).map_err(|e| nats(&e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| nats(e.into()))?;
             let write = |name: &str, pem: &str| {
                 let path = dir.join(name);
                 std::fs::write(&path, pem)
                     .map(|()| path)
-                    .map_err(|e| nats(&e))
+                    .map_err(|e| nats(e.into()))
             };
             let ca = tls
                 .ca
@@ -165,12 +168,12 @@ impl Pool {
         })?;
         tokio::time::timeout(self.timeout, opts.connect(urls))
             .await
-            .map_err(|_| {
-                Error::Nats(format!(
-                    "connecting to {}: timed out after {:?}",
-                    s.url, self.timeout
-                ))
-            })?
-            .map_err(|e| nats(&e))
+            .map_err(|_| nats(TimedOut(self.timeout).into()))?
+            .map_err(|e| nats(e.into()))
     }
 }
+
+/// A connection attempt that got no answer within the operator's NATS timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("timed out after {0:?}")]
+struct TimedOut(Duration);

@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::nats_connections::{Auth, Settings, Tls};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use qis_crds::{NatsConnection, SecretKeyRef};
+use qis_crds::{NatsConnection, NatsCredentials, NatsTls, SecretKeyRef};
 use std::collections::HashMap;
 
 struct Secrets {
@@ -15,15 +15,64 @@ struct Secrets {
 }
 
 impl Secrets {
+    /// The one way of authenticating `c` names, read from its Secrets.
+    async fn auth(&mut self, c: &NatsCredentials) -> Result<Auth, Error> {
+        if let Some(r) = &c.creds_file {
+            Ok(Auth::Creds(
+                self.key(r, "spec.nats.credentials.credsFile").await?,
+            ))
+        } else if let Some(r) = &c.nkey_seed {
+            Ok(Auth::Nkey(
+                self.key(r, "spec.nats.credentials.nkeySeed").await?,
+            ))
+        } else if let (Some(u), Some(p)) = (&c.username, &c.password) {
+            Ok(Auth::UserPassword(
+                self.key(u, "spec.nats.credentials.username").await?,
+                self.key(p, "spec.nats.credentials.password").await?,
+            ))
+        } else if let Some(r) = &c.token {
+            Ok(Auth::Token(
+                self.key(r, "spec.nats.credentials.token").await?,
+            ))
+        } else {
+            Err(Error::InvalidSpec {
+                field: "spec.nats.credentials".into(),
+                message: "set exactly one of credsFile, nkeySeed, username+password, token".into(),
+            })
+        }
+    }
+
+    /// The CA (and the client certificate and key when `t` asks for one) of `t`'s Secret.
+    async fn tls(&mut self, t: &NatsTls) -> Result<Tls, Error> {
+        use qis_contract::paths::tls::{CA, CERT, KEY};
+        let field = "spec.nats.tls.secretName";
+        let ca = Some(self.key_of(&t.secret_name, CA, field).await?);
+        let cert_and_key = if t.client_cert {
+            Some((
+                self.key_of(&t.secret_name, CERT, field).await?,
+                self.key_of(&t.secret_name, KEY, field).await?,
+            ))
+        } else {
+            None
+        };
+        Ok(Tls { ca, cert_and_key })
+    }
+
     async fn key(&mut self, r: &SecretKeyRef, field: &str) -> Result<String, Error> {
         self.key_of(&r.name, &r.key, field).await
     }
 
     async fn key_of(&mut self, name: &str, key: &str, field: &str) -> Result<String, Error> {
         if !self.cache.contains_key(name) {
-            let secret = self.api.get_opt(name).await?.ok_or_else(|| {
-                Error::MissingSecret(format!("{field}: Secret {name:?} does not exist"))
-            })?;
+            let secret = self
+                .api
+                .get_opt(name)
+                .await?
+                .ok_or_else(|| Error::MissingSecret {
+                    field: field.to_owned(),
+                    secret: name.to_owned(),
+                    key: None,
+                })?;
             self.cache.insert(name.to_owned(), secret);
         }
         let secret = &self.cache[name];
@@ -39,8 +88,10 @@ impl Secrets {
                     .and_then(|d| d.get(key))
                     .map(|s| s.clone().into_bytes())
             })
-            .ok_or_else(|| {
-                Error::MissingSecret(format!("{field}: Secret {name:?} has no key {key:?}"))
+            .ok_or_else(|| Error::MissingSecret {
+                field: field.to_owned(),
+                secret: name.to_owned(),
+                key: Some(key.to_owned()),
             })?;
         String::from_utf8(bytes).map_err(|_| Error::InvalidSpec {
             field: field.to_owned(),
@@ -64,52 +115,13 @@ pub async fn resolve(
         cache: HashMap::new(),
     };
     let auth = match &n.credentials {
-        Some(c) => {
-            if let Some(r) = &c.creds_file {
-                Auth::Creds(secrets.key(r, "spec.nats.credentials.credsFile").await?)
-            } else if let Some(r) = &c.nkey_seed {
-                Auth::Nkey(secrets.key(r, "spec.nats.credentials.nkeySeed").await?)
-            } else if let (Some(u), Some(p)) = (&c.username, &c.password) {
-                Auth::UserPassword(
-                    secrets.key(u, "spec.nats.credentials.username").await?,
-                    secrets.key(p, "spec.nats.credentials.password").await?,
-                )
-            } else if let Some(r) = &c.token {
-                Auth::Token(secrets.key(r, "spec.nats.credentials.token").await?)
-            } else {
-                return Err(Error::InvalidSpec {
-                    field: "spec.nats.credentials".into(),
-                    message: "set exactly one of credsFile, nkeySeed, username+password, token"
-                        .into(),
-                });
-            }
-        }
+        Some(c) => secrets.auth(c).await?,
         // A swarm that names its own server and no credentials connects without any.
         None if n.url.is_some() => Auth::None,
         None => defaults.auth.clone(),
     };
     let tls = match &n.tls {
-        Some(t) => {
-            let field = "spec.nats.tls.secretName";
-            let ca = Some(
-                secrets
-                    .key_of(&t.secret_name, qis_contract::paths::tls::CA, field)
-                    .await?,
-            );
-            let cert_and_key = if t.client_cert {
-                Some((
-                    secrets
-                        .key_of(&t.secret_name, qis_contract::paths::tls::CERT, field)
-                        .await?,
-                    secrets
-                        .key_of(&t.secret_name, qis_contract::paths::tls::KEY, field)
-                        .await?,
-                ))
-            } else {
-                None
-            };
-            Some(Tls { ca, cert_and_key })
-        }
+        Some(t) => Some(secrets.tls(t).await?),
         None if n.url.is_some() => None,
         None => defaults.tls.clone(),
     };

@@ -1,7 +1,7 @@
 //! Applying and pruning the sites' outbox claims (built in [`crate::persistence`]).
 
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::{apply, persistence};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -22,17 +22,28 @@ pub async fn apply(ctx: &Context, swarm: &QisSwarm, site: &str) -> Result<bool, 
     if let Some(live) = api.get_opt(&name).await?
         && let Some(problem) = persistence::unsupported_change(&live, &desired)
     {
-        return Err(Error::NotSupported(problem));
+        return Err(Error::NotSupported {
+            context: problem,
+            source: None,
+        });
     }
     match apply::apply(&api, &name, &desired, &ctx.applied).await {
         Ok((_, written)) => Ok(written),
         // Invalid or Forbidden: what the server will not do to a claim (a resize its storage
         // class does not allow, a spec field of an unbound claim), said in its words.
         Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 || e.code == 403 => {
-            Err(Error::NotSupported(format!(
-                "PersistentVolumeClaim {name}: spec.agent.persistence cannot be applied to it: {}",
-                e.message
-            )))
+            Err(Error::NotSupported {
+                context: format!(
+                    "PersistentVolumeClaim {name}: spec.agent.persistence cannot be applied to it"
+                ),
+                source: Some(
+                    Refusal {
+                        code: e.code.into(),
+                        description: e.message,
+                    }
+                    .into(),
+                ),
+            })
         }
         Err(e) => Err(e),
     }

@@ -19,6 +19,7 @@ use qis_lease::LeaseLock;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::task::JoinHandle;
 
 /// A hash of what a swarm's subjects depend on: its identity, generation, prefix, sites and
 /// whether its stream is ready (and whether it can be read at all).
@@ -101,34 +102,8 @@ where
 /// process exits and restarts as a candidate).
 pub async fn run(client: Client, options: Options) -> Result<(), String> {
     let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| format!("listen on {}: {e}", options.listen))?;
-    let app = router(Probe {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-    });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    });
-
-    // A standby is ready: it runs, and takes over when the leader goes. Readiness meaning
-    // "holds the lease" made every standby unready, so a rolling update (or `helm install
-    // --wait`) of more than one replica never completed. `qis_operator_leader` tells them apart.
-    ready.store(true, Ordering::Relaxed);
-    let lost_lease = match options.election.clone() {
-        Some(election) => {
-            let held_since = election.acquire(&client).await;
-            let c = client.clone();
-            Some(tokio::spawn(
-                async move { election.keep(&c, held_since).await },
-            ))
-        }
-        None => None,
-    };
+    serve_http(options.listen, metrics.clone()).await?;
+    let lost_lease = lead(&client, options.election.clone()).await;
     metrics.leader.set(1);
     let (swarm_cache, swarm_cache_writer) = reflector::store::<DeserializeGuard<QisSwarm>>();
     let ctx = Arc::new(Context::new(
@@ -138,126 +113,209 @@ pub async fn run(client: Client, options: Options) -> Result<(), String> {
         options.instance.clone(),
         swarm_cache,
     ));
+    let bounded = controller::Config::default().concurrency(options.concurrency.max(1));
+    let swarms = swarm_controller(&client, &options, bounded.clone(), ctx.clone());
+    let subjects = subject_controller(
+        &client,
+        options.watch_namespace.as_deref(),
+        bounded,
+        swarm_cache_writer,
+        ctx,
+    );
+    tracing::info!("controllers started");
+    let controllers = async {
+        futures::join!(swarms, subjects);
+    };
+    until_stopped(controllers, lost_lease, &client, options.election.as_ref()).await
+}
 
+/// Binds the probe and metrics endpoints and serves them in the background. A standby is
+/// ready too: it runs, and takes over when the leader goes. Readiness meaning "holds the
+/// lease" made every standby unready, so a rolling update (or `helm install --wait`) of more
+/// than one replica never completed. `qis_operator_leader` tells them apart.
+async fn serve_http(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<(), String> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    let app = router(Probe {
+        metrics,
+        ready: ready.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    ready.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Waits for the leader lease (when there is an election) and keeps it in the background;
+/// the task ends when the lease is lost.
+async fn lead(client: &Client, election: Option<LeaseLock>) -> Option<JoinHandle<()>> {
+    let election = election?;
+    let held_since = election.acquire(client).await;
+    let c = client.clone();
+    Some(tokio::spawn(
+        async move { election.keep(&c, held_since).await },
+    ))
+}
+
+/// The swarm controller. A swarm is reconciled when its spec (generation), finalizers or
+/// deletion change, on its Deployments' changes and on resync; not on its own status writes:
+/// the live stream counters in the status change with every packet, and each write
+/// re-triggering the reconcile made the operator write continuously under traffic.
+fn swarm_controller(
+    client: &Client,
+    options: &Options,
+    bounded: controller::Config,
+    ctx: Arc<Context>,
+) -> impl Future<Output = ()> {
     let scope = options.watch_namespace.as_deref();
-    // A swarm is reconciled when its spec (generation), finalizers or deletion change, on its
-    // Deployments' changes and on resync; not on its own status writes: the live stream counters
-    // in the status change with every packet, and each write re-triggering the reconcile made
-    // the operator write continuously under traffic.
     let (swarm_reader, swarm_writer) = reflector::store();
     let swarm_ctl = Controller::for_stream(
         spec_changes(
-            watched::<DeserializeGuard<QisSwarm>>(&client, scope),
+            watched::<DeserializeGuard<QisSwarm>>(client, scope),
             swarm_writer,
         ),
         swarm_reader,
     );
     let swarm_store = swarm_ctl.store();
     let mut swarm_ctl = swarm_ctl.owns(
-        watched::<Deployment>(&client, scope),
+        watched::<Deployment>(client, scope),
         watcher::Config::default().labels("app.kubernetes.io/managed-by=qis-operator"),
     );
     if options.watch_nodes {
-        let store = swarm_store.clone();
         swarm_ctl = swarm_ctl.watches(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
-            move |node: Node| {
-                // Every swarm that discovers sites by a label this node carries.
-                let labels = node.labels().clone();
-                store
-                    .state()
-                    .into_iter()
-                    .filter_map(|g| {
-                        let s = g.0.as_ref().ok()?;
-                        let d = s.spec.site_discovery.as_ref()?;
-                        labels
-                            .contains_key(&d.node_label)
-                            .then(|| ObjectRef::from(g.as_ref()))
-                    })
-                    .collect::<Vec<_>>()
-            },
+            move |node: Node| swarms_discovering(&swarm_store, &node),
         );
     }
-    let bounded = controller::Config::default().concurrency(options.concurrency.max(1));
-    let swarms = swarm_ctl
-        .with_config(bounded.clone())
+    swarm_ctl
+        .with_config(bounded)
         .shutdown_on_signal()
-        .run(reconcile::<QisSwarm>, error_policy, ctx.clone())
+        .run(reconcile::<QisSwarm>, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "swarm controller");
             }
-        });
+        })
+}
 
-    // Likewise a subject: agents write its consensus into the status with traffic.
+/// Every swarm that discovers sites by a label `node` carries.
+fn swarms_discovering(
+    store: &reflector::Store<DeserializeGuard<QisSwarm>>,
+    node: &Node,
+) -> Vec<ObjectRef<DeserializeGuard<QisSwarm>>> {
+    let labels = node.labels();
+    store
+        .state()
+        .into_iter()
+        .filter_map(|g| {
+            let s = g.0.as_ref().ok()?;
+            let d = s.spec.site_discovery.as_ref()?;
+            labels
+                .contains_key(&d.node_label)
+                .then(|| ObjectRef::from(g.as_ref()))
+        })
+        .collect()
+}
+
+/// The subject controller: like a swarm, a subject is not reconciled on its own status
+/// writes (agents write its consensus into the status with traffic). It is on changes of
+/// what it sees of its swarm (`swarm_cache` is filled on the way).
+fn subject_controller(
+    client: &Client,
+    scope: Option<&str>,
+    bounded: controller::Config,
+    swarm_cache: reflector::store::Writer<DeserializeGuard<QisSwarm>>,
+    ctx: Arc<Context>,
+) -> impl Future<Output = ()> {
     let (subject_reader, subject_writer) = reflector::store();
     let subject_ctl = Controller::for_stream(
         spec_changes(
-            watched::<DeserializeGuard<QisSubject>>(&client, scope),
+            watched::<DeserializeGuard<QisSubject>>(client, scope),
             subject_writer,
         ),
         subject_reader,
     );
     let subject_store = subject_ctl.store();
-    // Subjects care about a swarm's prefix, sites and stream readiness, not its live stream
-    // counters: without this filter every resync of a busy swarm would wake all its subjects.
-    // Read through `DeserializeGuard`: one swarm that does not deserialize (stored under
-    // another CRD schema) failed the whole list, the cache never became ready, and every
-    // subject reconcile waited for it.
-    let swarm_changes = watcher::watcher(
-        watched::<DeserializeGuard<QisSwarm>>(&client, scope),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(swarm_cache_writer)
-    .touched_objects()
-    .predicate_filter(what_subjects_see, PredicateConfig::default());
-    let subjects = subject_ctl
-        .watches_stream(swarm_changes, move |swarm: DeserializeGuard<QisSwarm>| {
-            // Every subject of this swarm: it appeared, its sites or stream changed.
-            let (ns, name) = (swarm.meta().namespace.clone(), swarm.name_any());
-            subject_store
-                .state()
-                .into_iter()
-                .filter_map(|g| {
-                    let s = g.0.as_ref().ok()?;
-                    (s.namespace() == ns && s.spec.swarm_ref.name == name)
-                        .then(|| ObjectRef::from(g.as_ref()))
-                })
-                .collect::<Vec<_>>()
-        })
+    subject_ctl
+        .watches_stream(
+            swarm_changes(client, scope, swarm_cache),
+            move |swarm: DeserializeGuard<QisSwarm>| subjects_of(&subject_store, &swarm),
+        )
         .with_config(bounded)
         .shutdown_on_signal()
-        .run(reconcile::<QisSubject>, error_policy, ctx.clone())
+        .run(reconcile::<QisSubject>, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "subject controller");
             }
-        });
+        })
+}
 
-    tracing::info!("controllers started");
-    let controllers = async {
-        futures::join!(swarms, subjects);
+/// The swarms as subjects see them, kept in `cache`. Subjects care about a swarm's prefix,
+/// sites and stream readiness, not its live stream counters: without this filter every
+/// resync of a busy swarm would wake all its subjects. Read through `DeserializeGuard`: one
+/// swarm that does not deserialize (stored under another CRD schema) failed the whole list,
+/// the cache never became ready, and every subject reconcile waited for it.
+fn swarm_changes(
+    client: &Client,
+    scope: Option<&str>,
+    cache: reflector::store::Writer<DeserializeGuard<QisSwarm>>,
+) -> impl futures::Stream<Item = Result<DeserializeGuard<QisSwarm>, watcher::Error>> + Send + 'static
+{
+    watcher::watcher(
+        watched::<DeserializeGuard<QisSwarm>>(client, scope),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(cache)
+    .touched_objects()
+    .predicate_filter(what_subjects_see, PredicateConfig::default())
+}
+
+/// Every subject of `swarm` (it appeared, its sites or stream changed).
+fn subjects_of(
+    store: &reflector::Store<DeserializeGuard<QisSubject>>,
+    swarm: &DeserializeGuard<QisSwarm>,
+) -> Vec<ObjectRef<DeserializeGuard<QisSubject>>> {
+    let (ns, name) = (swarm.meta().namespace.clone(), swarm.name_any());
+    store
+        .state()
+        .into_iter()
+        .filter_map(|g| {
+            let s = g.0.as_ref().ok()?;
+            (s.namespace() == ns && s.spec.swarm_ref.name == name)
+                .then(|| ObjectRef::from(g.as_ref()))
+        })
+        .collect()
+}
+
+/// Runs the controllers until they stop (a signal) or the lease is lost. A clean stop
+/// releases the lease, handing over at once rather than a lease duration later.
+async fn until_stopped(
+    controllers: impl Future<Output = ()>,
+    lost_lease: Option<JoinHandle<()>>,
+    client: &Client,
+    election: Option<&LeaseLock>,
+) -> Result<(), String> {
+    let Some(lease) = lost_lease else {
+        controllers.await;
+        return Ok(());
     };
-    match lost_lease {
-        Some(lease) => {
-            tokio::select! {
-                _ = controllers => {
-                    // A clean stop hands over at once rather than a lease duration later.
-                    if let Some(election) = &options.election
-                        && let Err(e) = election.release(&client).await
-                    {
-                        tracing::warn!(error = %e, "cannot release the leader lease");
-                    }
-                    Ok(())
-                }
-                _ = lease => Err("lost the leader lease".to_owned()),
+    tokio::select! {
+        _ = controllers => {
+            if let Some(election) = election
+                && let Err(e) = election.release(client).await
+            {
+                tracing::warn!(error = %e, "cannot release the leader lease");
             }
-        }
-        None => {
-            controllers.await;
             Ok(())
         }
+        _ = lease => Err("lost the leader lease".to_owned()),
     }
 }

@@ -26,6 +26,8 @@ pub fn failing_field<K: DeserializeOwned>(object: &serde_json::Value) -> Option<
     }
 }
 
+/// Reports `invalid` (of kind `K`): drops `finalizer` with a Warning when it is being
+/// deleted, otherwise writes `Ready=False` naming the field and returns the `InvalidSpec`.
 pub async fn report<K>(
     invalid: &InvalidObject,
     finalizer: &str,
@@ -40,31 +42,16 @@ where
     };
     let ar = ApiResource::erase::<K>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-    let reference = ObjectReference {
-        api_version: Some(ar.api_version.clone()),
-        kind: Some(ar.kind.clone()),
-        name: Some(name.clone()),
-        namespace: Some(ns.clone()),
-        uid: meta.uid.clone(),
-        ..Default::default()
-    };
-    let finalizers = meta.finalizers.clone().unwrap_or_default();
     if meta.deletion_timestamp.is_some() {
-        if let Some(i) = finalizers.iter().position(|f| f == finalizer) {
-            let patch: json_patch::Patch = serde_json::from_value(json!([
-                { "op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer },
-                { "op": "remove", "path": format!("/metadata/finalizers/{i}") }
-            ]))
-            .map_err(|e| Error::Finalizer(e.to_string()))?;
-            api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await?;
-            let note = format!(
-                "the object could not be read ({}); its NATS objects were left as they are",
-                invalid.error
-            );
-            ctx.event(&reference, true, reason::CLEANUP_ABANDONED, "Delete", note)
-                .await;
-        }
+        let reference = ObjectReference {
+            api_version: Some(ar.api_version.clone()),
+            kind: Some(ar.kind.clone()),
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            uid: meta.uid.clone(),
+            ..Default::default()
+        };
+        abandon(&api, &name, invalid, finalizer, &reference, ctx).await?;
         return Ok(Action::await_change());
     }
     // Read again to name the field; if that fails too, the guard's message stands.
@@ -76,20 +63,62 @@ where
     };
     let (field, detail) = named.unwrap_or_else(|| ("spec".into(), invalid.error.clone()));
     let message = format!("the object does not match the schema: {field}: {detail}");
+    write_invalid(&api, &name, invalid, &message).await?;
+    Err(Error::InvalidSpec { field, message })
+}
+
+/// Removes our `finalizer` from the object being deleted (when it still has it), leaving
+/// its NATS objects as they are, and says so in a Warning.
+async fn abandon(
+    api: &Api<DynamicObject>,
+    name: &str,
+    invalid: &InvalidObject,
+    finalizer: &str,
+    reference: &ObjectReference,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let finalizers = invalid.metadata.finalizers.clone().unwrap_or_default();
+    let Some(i) = finalizers.iter().position(|f| f == finalizer) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": format!("/metadata/finalizers/{i}"), "value": finalizer },
+        { "op": "remove", "path": format!("/metadata/finalizers/{i}") }
+    ]))
+    .map_err(|e| Error::Finalizer { source: e.into() })?;
+    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await?;
+    let note = format!(
+        "the object could not be read ({}); its NATS objects were left as they are",
+        invalid.error
+    );
+    ctx.event(reference, true, reason::CLEANUP_ABANDONED, "Delete", note)
+        .await;
+    Ok(())
+}
+
+/// Writes `Ready=False, reason InvalidSpec` with `message` into the object's status.
+async fn write_invalid(
+    api: &Api<DynamicObject>,
+    name: &str,
+    invalid: &InvalidObject,
+    message: &str,
+) -> Result<(), Error> {
+    let generation = invalid.metadata.generation;
     let status = json!({ "status": {
-        "observedGeneration": meta.generation,
+        "observedGeneration": generation,
         "conditions": [{
             "type": condition::READY,
             "status": "False",
             "reason": reason::INVALID_SPEC,
             "message": message,
-            "observedGeneration": meta.generation,
+            "observedGeneration": generation,
             "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
         }]
     }});
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
-    Err(Error::InvalidSpec { field, message })
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 use crate::error::Error;
 use k8s_openapi::api::core::v1::Toleration;
 use qis_crds::addressing;
-use qis_crds::{AddressingMode, DeliverPolicy, QisSubjectSpec, QisSwarmSpec};
+use qis_crds::{
+    AddressingMode, AgentTemplate, DeliverPolicy, QisSubjectSpec, QisSwarmSpec, SiteDiscovery,
+    SiteSpec, StreamSpec,
+};
 use std::time::Duration;
 
 /// Smallest `maxMsgSize` that admits a 512-byte body with every header agents send.
@@ -90,6 +93,16 @@ pub fn check_nats_urls(field: &str, urls: &str) -> Result<(), Error> {
 
 /// Validates a swarm spec.
 pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
+    swarm_nats(spec)?;
+    stream(&spec.stream)?;
+    sites(&spec.sites)?;
+    site_discovery(spec.site_discovery.as_ref())?;
+    agent(&spec.agent)?;
+    synthesis("spec.synthesis", &spec.synthesis)
+}
+
+/// The subject prefix, NATS URL and JetStream domain.
+fn swarm_nats(spec: &QisSwarmSpec) -> Result<(), Error> {
     if let Some(prefix) = &spec.subject_prefix {
         addressing::check_prefix(prefix)
             .map_err(|e| invalid("spec.subjectPrefix", e.to_string()))?;
@@ -105,7 +118,11 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
         addressing::check_token("jetstream domain", domain)
             .map_err(|e| invalid("spec.nats.jetstreamDomain", e.to_string()))?;
     }
-    let s = &spec.stream;
+    Ok(())
+}
+
+/// The stream's age, window, size and count limits.
+fn stream(s: &StreamSpec) -> Result<(), Error> {
     let max_age = duration("spec.stream.maxAge", s.max_age)?;
     let dup = duration("spec.stream.duplicateWindow", s.duplicate_window)?;
     if !max_age.is_zero() && dup > max_age {
@@ -142,8 +159,13 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
             format!("{} is outside [1, 5]", s.replicas),
         ));
     }
+    Ok(())
+}
+
+/// The listed sites: DNS-label names, each once, with valid replicas and placement.
+fn sites(sites: &[SiteSpec]) -> Result<(), Error> {
     let mut seen = std::collections::BTreeSet::new();
-    for (i, site) in spec.sites.iter().enumerate() {
+    for (i, site) in sites.iter().enumerate() {
         if !is_dns_label(&site.name) {
             return Err(invalid(
                 &format!("spec.sites[{i}].name"),
@@ -167,7 +189,12 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
         }
         tolerations(&format!("spec.sites[{i}].tolerations"), &site.tolerations)?;
     }
-    if let Some(d) = &spec.site_discovery {
+    Ok(())
+}
+
+/// Discovery of sites by a node label.
+fn site_discovery(discovery: Option<&SiteDiscovery>) -> Result<(), Error> {
+    if let Some(d) = discovery {
         if !is_label_key(&d.node_label) {
             return Err(invalid(
                 "spec.siteDiscovery.nodeLabel",
@@ -177,8 +204,12 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
         site_replicas("spec.siteDiscovery.replicas", d.replicas)?;
         tolerations("spec.siteDiscovery.tolerations", &d.tolerations)?;
     }
-    if spec
-        .agent
+    Ok(())
+}
+
+/// The agent's image, pull policy and environment.
+fn agent(agent: &AgentTemplate) -> Result<(), Error> {
+    if agent
         .image
         .as_deref()
         .is_some_and(|i| i.trim().is_empty() || i.contains(char::is_whitespace))
@@ -188,7 +219,7 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
             "must be an image reference without spaces",
         ));
     }
-    if let Some(p) = spec.agent.image_pull_policy.as_deref()
+    if let Some(p) = agent.image_pull_policy.as_deref()
         && !["Always", "IfNotPresent", "Never"].contains(&p)
     {
         return Err(invalid(
@@ -197,7 +228,7 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
         ));
     }
     let mut names = std::collections::BTreeSet::new();
-    for (i, e) in spec.agent.env.iter().enumerate() {
+    for (i, e) in agent.env.iter().enumerate() {
         let field = format!("spec.agent.env[{i}].name");
         if crate::workload::env::SET_BY_OPERATOR.contains(&e.name.as_str()) {
             return Err(invalid(
@@ -216,7 +247,7 @@ pub fn swarm(spec: &QisSwarmSpec) -> Result<(), Error> {
             return Err(invalid(&field, format!("{} is listed twice", e.name)));
         }
     }
-    synthesis("spec.synthesis", &spec.synthesis)
+    Ok(())
 }
 
 fn site_replicas(field: &str, replicas: i32) -> Result<(), Error> {

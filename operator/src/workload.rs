@@ -209,12 +209,53 @@ pub fn deployment(
 ) -> Deployment {
     use kube::ResourceExt;
     let name = swarm.name_any();
-    let spec = &swarm.spec;
-    let nats = spec.nats.clone().unwrap_or_default();
+    let nats = swarm.spec.nats.clone().unwrap_or_default();
+    let mut env = agent_env(swarm, site, prefix, stream, &nats, defaults);
+    let files = Files::of(swarm, &site.name, &nats);
+    env.extend(files.env);
+    env.extend(swarm.spec.agent.env.iter().cloned());
+    let container = agent_container(swarm, env, files.mounts, defaults);
+    let selector = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "qis-agent".to_owned()),
+        (LABEL_SWARM.to_owned(), name.clone()),
+        (LABEL_SITE.to_owned(), site.name.clone()),
+    ]);
+    Deployment {
+        metadata: meta(swarm, deployment_name(&name, &site.name), Some(&site.name)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(site.replicas),
+            strategy: crate::persistence::strategy(swarm),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(&name, Some(&site.name))),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec(swarm, site, container, files.volumes)),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Who the agent is and where NATS is: the environment every agent gets.
+fn agent_env(
+    swarm: &QisSwarm,
+    site: &Site,
+    prefix: &str,
+    stream: &str,
+    nats: &qis_crds::NatsConnection,
+    defaults: &Defaults,
+) -> Vec<EnvVar> {
+    use kube::ResourceExt;
     let mut env = vec![
         env_field(env::NAMESPACE, "metadata.namespace"),
         env_field(env::POD_NAME, "metadata.name"),
-        env_value(env::SWARM, &name),
+        env_value(env::SWARM, swarm.name_any()),
         env_value(env::SITE, &site.name),
         env_value(env::STREAM, stream),
         env_value(env::SUBJECT_PREFIX, prefix),
@@ -234,64 +275,76 @@ pub fn deployment(
     if let Some(d) = &nats.jetstream_domain {
         env.push(env_value(env::JETSTREAM_DOMAIN, d));
     }
-    let mut volumes = vec![crate::persistence::data_volume(swarm, &site.name)];
-    let mut mounts = vec![VolumeMount {
-        name: crate::persistence::VOLUME.to_owned(),
-        mount_path: DATA_DIR.to_owned(),
-        ..Default::default()
-    }];
-    if let Some(v) = nats.credentials.as_ref().and_then(credentials_volume) {
-        env.push(env_value(env::NATS_CREDENTIALS_DIR, CREDENTIALS_DIR));
-        mounts.push(VolumeMount {
-            name: v.name.clone(),
-            mount_path: CREDENTIALS_DIR.to_owned(),
-            read_only: Some(true),
-            ..Default::default()
-        });
-        volumes.push(v);
-    }
-    if let Some(tls) = &nats.tls {
-        env.push(env_value(env::NATS_TLS_DIR, TLS_DIR));
-        volumes.push(Volume {
-            name: "nats-tls".to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(tls.secret_name.clone()),
-                default_mode: Some(0o440),
+    env
+}
+
+/// The agent's files: its data volume, and the NATS credentials and TLS Secrets when the
+/// swarm has them, each with its mount and the variable that tells the agent where it is.
+struct Files {
+    env: Vec<EnvVar>,
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+}
+
+impl Files {
+    fn of(swarm: &QisSwarm, site: &str, nats: &qis_crds::NatsConnection) -> Files {
+        let mut files = Files {
+            env: vec![],
+            volumes: vec![crate::persistence::data_volume(swarm, site)],
+            mounts: vec![VolumeMount {
+                name: crate::persistence::VOLUME.to_owned(),
+                mount_path: DATA_DIR.to_owned(),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name: "nats-tls".to_owned(),
-            mount_path: TLS_DIR.to_owned(),
+            }],
+        };
+        if let Some(v) = nats.credentials.as_ref().and_then(credentials_volume) {
+            files.add(env::NATS_CREDENTIALS_DIR, CREDENTIALS_DIR, v);
+        }
+        if let Some(tls) = &nats.tls {
+            let volume = Volume {
+                name: "nats-tls".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(tls.secret_name.clone()),
+                    default_mode: Some(0o440),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            files.add(env::NATS_TLS_DIR, TLS_DIR, volume);
+        }
+        files
+    }
+
+    /// Mounts `volume` read-only at `dir`, named to the agent by `var`.
+    fn add(&mut self, var: &str, dir: &str, volume: Volume) {
+        self.env.push(env_value(var, dir));
+        self.mounts.push(VolumeMount {
+            name: volume.name.clone(),
+            mount_path: dir.to_owned(),
             read_only: Some(true),
             ..Default::default()
         });
+        self.volumes.push(volume);
     }
-    env.extend(spec.agent.env.iter().cloned());
-    let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.to_owned()),
-            port: IntOrString::String("http".to_owned()),
-            ..Default::default()
-        }),
-        period_seconds: Some(10),
-        ..Default::default()
-    };
-    let selector = BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "qis-agent".to_owned()),
-        (LABEL_SWARM.to_owned(), name.clone()),
-        (LABEL_SITE.to_owned(), site.name.clone()),
-    ]);
-    let container = Container {
+}
+
+/// The agent container: image, environment, port, resources, security and probes.
+fn agent_container(
+    swarm: &QisSwarm,
+    env: Vec<EnvVar>,
+    mounts: Vec<VolumeMount>,
+    defaults: &Defaults,
+) -> Container {
+    let agent = &swarm.spec.agent;
+    Container {
         name: "agent".to_owned(),
         image: Some(
-            spec.agent
+            agent
                 .image
                 .clone()
                 .unwrap_or_else(|| defaults.agent_image.clone()),
         ),
-        image_pull_policy: spec.agent.image_pull_policy.clone(),
+        image_pull_policy: agent.image_pull_policy.clone(),
         args: Some(vec!["run".to_owned()]),
         env: Some(env),
         ports: Some(vec![ContainerPort {
@@ -299,60 +352,53 @@ pub fn deployment(
             container_port: AGENT_PORT,
             ..Default::default()
         }]),
-        resources: Some(
-            spec.agent
-                .resources
-                .clone()
-                .unwrap_or_else(default_resources),
-        ),
-        security_context: Some(container_security(spec.agent.security_context.as_ref())),
+        resources: Some(agent.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(container_security(agent.security_context.as_ref())),
         volume_mounts: Some(mounts),
-        liveness_probe: Some(probe("/healthz")),
-        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(http_probe("/healthz")),
+        readiness_probe: Some(http_probe("/readyz")),
         ..Default::default()
-    };
-    Deployment {
-        metadata: meta(swarm, deployment_name(&name, &site.name), Some(&site.name)),
-        spec: Some(DeploymentSpec {
-            replicas: Some(site.replicas),
-            strategy: crate::persistence::strategy(swarm),
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(&name, Some(&site.name))),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(agent_account_name(&name)),
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    node_selector: (!site.node_selector.is_empty())
-                        .then(|| site.node_selector.clone()),
-                    tolerations: (!site.tolerations.is_empty()).then(|| site.tolerations.clone()),
-                    affinity: site.affinity.clone(),
-                    image_pull_secrets: (!spec.agent.image_pull_secrets.is_empty())
-                        .then(|| spec.agent.image_pull_secrets.clone()),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(AGENT_UID),
-                        run_as_group: Some(AGENT_UID),
-                        fs_group: Some(AGENT_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            localhost_profile: None,
-                        }),
-                        ..Default::default()
-                    }),
-                    termination_grace_period_seconds: Some(30),
-                    ..Default::default()
-                }),
-            },
+    }
+}
+
+/// A probe of the agent's HTTP `path` every 10 seconds.
+fn http_probe(path: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
             ..Default::default()
         }),
-        status: None,
+        period_seconds: Some(10),
+        ..Default::default()
+    }
+}
+
+/// The agent pod of `site`: placed where the site says, under the restricted profile.
+fn pod_spec(swarm: &QisSwarm, site: &Site, container: Container, volumes: Vec<Volume>) -> PodSpec {
+    use kube::ResourceExt;
+    let pull_secrets = &swarm.spec.agent.image_pull_secrets;
+    PodSpec {
+        service_account_name: Some(agent_account_name(&swarm.name_any())),
+        containers: vec![container],
+        volumes: Some(volumes),
+        node_selector: (!site.node_selector.is_empty()).then(|| site.node_selector.clone()),
+        tolerations: (!site.tolerations.is_empty()).then(|| site.tolerations.clone()),
+        affinity: site.affinity.clone(),
+        image_pull_secrets: (!pull_secrets.is_empty()).then(|| pull_secrets.clone()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(AGENT_UID),
+            run_as_group: Some(AGENT_UID),
+            fs_group: Some(AGENT_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        termination_grace_period_seconds: Some(30),
+        ..Default::default()
     }
 }
 

@@ -175,7 +175,7 @@ async fn nats_down_then_up() {
     server.kill();
     let err = js_apply::ensure_stream(&js, &want).await.expect_err("down");
     assert_eq!(err.category(), Category::Transient, "{err}");
-    assert!(matches!(err, Error::Nats(_)));
+    assert!(matches!(err, Error::Nats { .. }));
     server.restart();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let back = loop {

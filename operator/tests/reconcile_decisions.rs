@@ -14,7 +14,7 @@ use kube::runtime::reflector;
 use kube::runtime::watcher;
 use qis_crds::{QisSubject, QisSwarm};
 use qis_operator::context::{Config, Context};
-use qis_operator::error::Error;
+use qis_operator::error::{Error, Refusal};
 use qis_operator::metrics::Metrics;
 use qis_operator::nats_connections::Settings;
 use qis_operator::reconcile::entry::reconcile;
@@ -342,7 +342,7 @@ async fn nats_down_and_a_failed_site_keep_the_others_and_delete_a_removed_site()
     ];
     let (ctx, scenario) = context(steps, vec![]);
     let result = reconcile(Arc::new(DeserializeGuard(Ok(s))), ctx.clone()).await;
-    assert!(matches!(result, Err(Error::Nats(_))), "{result:?}");
+    assert!(matches!(result, Err(Error::Nats { .. })), "{result:?}");
     let seen = scenario.finish(ctx).await;
     let deleted: Vec<(&str, &Value)> = seen
         .iter()
@@ -461,7 +461,7 @@ async fn a_deletion_is_blocked_while_nats_is_away_within_the_deadline() {
     )];
     let (ctx, scenario) = context(steps, vec![]);
     let result = reconcile(Arc::new(DeserializeGuard(Ok(s))), ctx.clone()).await;
-    assert!(matches!(result, Err(Error::Nats(_))), "{result:?}");
+    assert!(matches!(result, Err(Error::Nats { .. })), "{result:?}");
     // No finalizer removal, no event: the request list is exactly the swarm read.
     assert_eq!(scenario.finish(ctx).await.len(), 1);
 }
@@ -636,7 +636,7 @@ mod pure {
             reason_of(&new, "AgentsReady"),
             ("False".into(), "SiteDiscoveryDisabled".into())
         );
-        let failed = vec![("a".to_owned(), Error::NotSupported("claim".into()))];
+        let failed = vec![("a".to_owned(), not_supported("claim"))];
         let new = swarm_status::next(
             &s,
             "p",
@@ -659,8 +659,8 @@ mod pure {
         );
         let a = Applied {
             stream_name: "qis_plant_plant".into(),
-            stream: Err(Error::Conflict("other".into())),
-            agents: Err(Error::Conflict("other".into())),
+            stream: Err(conflict("other")),
+            agents: Err(conflict("other")),
         };
         let new = swarm_status::next(&s, "p", false, &a, now()).expect("changed");
         assert_eq!(
@@ -682,19 +682,19 @@ mod pure {
             Action::requeue(RESYNC)
         );
         let failed = vec![
-            ("a".to_owned(), Error::Nats("x".into())),
-            ("b".to_owned(), Error::NotSupported("y".into())),
+            ("a".to_owned(), nats("x")),
+            ("b".to_owned(), not_supported("y")),
         ];
         assert!(matches!(
             qis_operator::swarm::outcome(applied(vec![], failed), RESYNC),
-            Err(Error::Nats(_))
+            Err(Error::Nats { .. })
         ));
         assert_eq!(
-            qis_operator::subject::waiting(Error::SwarmNotFound("s".into()), RESYNC)
+            qis_operator::subject::waiting(Error::SwarmNotFound { swarm: "s".into() }, RESYNC)
                 .expect("waits"),
             Action::requeue(RESYNC)
         );
-        assert!(qis_operator::subject::waiting(Error::Nats("x".into()), RESYNC).is_err());
+        assert!(qis_operator::subject::waiting(nats("x"), RESYNC).is_err());
     }
 
     fn desired(sites: &[&str]) -> DesiredConsumers {
@@ -745,7 +745,13 @@ mod pure {
             &s,
             &desired(&["a"]),
             "plant",
-            &Err(Error::ConsumerLimit("max".into())),
+            &Err(Error::ConsumerLimit {
+                context: "consumer plant".into(),
+                source: Refusal {
+                    code: 10026,
+                    description: "maximum consumers limit reached".into(),
+                },
+            }),
             now,
         )
         .expect("changed");
@@ -883,5 +889,27 @@ mod pure {
         }
         let names = qis_operator::subject::cleanup::made(&s, &sw);
         assert_eq!(names, vec![name("old"), name("a"), name("b")]);
+    }
+}
+
+/// A NATS failure with `context` (the cause: a refused connection).
+fn nats(context: &str) -> Error {
+    Error::Nats {
+        context: context.into(),
+        source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+    }
+}
+
+fn not_supported(context: &str) -> Error {
+    Error::NotSupported {
+        context: context.into(),
+        source: None,
+    }
+}
+
+fn conflict(context: &str) -> Error {
+    Error::Conflict {
+        context: context.into(),
+        source: None,
     }
 }

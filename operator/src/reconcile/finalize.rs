@@ -31,7 +31,9 @@ pub async fn run<K: Kind>(obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
 fn own_error(e: finalizer::Error<Error>) -> Error {
     match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer {
+            source: other.into(),
+        },
     }
 }
 
@@ -85,14 +87,19 @@ mod tests {
         let timeout = Duration::from_secs(300);
         let early: Timestamp = "2026-01-01T00:04:59Z".parse().expect("timestamp");
         let late: Timestamp = "2026-01-01T00:05:01Z".parse().expect("timestamp");
-        let down = || Err::<(), _>(Error::Nats("down".into()));
+        let down = || {
+            Err::<(), _>(Error::Nats {
+                context: "down".into(),
+                source: std::io::Error::other("refused").into(),
+            })
+        };
         assert!(matches!(
             with_deadline(down(), &meta, timeout, early),
-            Cleanup::Retry(Error::Nats(_))
+            Cleanup::Retry(Error::Nats { .. })
         ));
         assert!(matches!(
             with_deadline(down(), &meta, timeout, late),
-            Cleanup::Abandoned(Error::Nats(_))
+            Cleanup::Abandoned(Error::Nats { .. })
         ));
         assert!(matches!(
             with_deadline(Ok(3), &meta, timeout, late),

@@ -6,7 +6,7 @@
 use super::validate::ValidatedSubject;
 use crate::conditions;
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::{Error, Wait};
 use crate::nats_settings;
 use kube::ResourceExt;
 use qis_crds::QisSwarm;
@@ -35,8 +35,13 @@ pub async fn subject(v: &ValidatedSubject<'_>, ctx: &Context) -> Result<Found, E
     let swarm = ctx
         .swarm(&v.namespace, name)
         .await
-        .map_err(|e| Error::Waiting(format!("swarm {name:?} cannot be read: {e}")))?
-        .ok_or_else(|| Error::SwarmNotFound(format!("swarm {name:?} does not exist (yet)")))?;
+        .map_err(|problem| Wait::SwarmUnreadable {
+            swarm: name.clone(),
+            problem,
+        })?
+        .ok_or_else(|| Error::SwarmNotFound {
+            swarm: name.clone(),
+        })?;
     let swarm = view(&v.namespace, swarm)?;
     let jetstream = jetstream(&v.namespace, &swarm.swarm, ctx).await;
     Ok(Found { swarm, jetstream })
@@ -47,9 +52,7 @@ pub fn view(namespace: &str, swarm: Arc<QisSwarm>) -> Result<SwarmView, Error> {
     let name = swarm.name_any();
     let status = swarm.status.clone().unwrap_or_default();
     if conditions::is_true(&status.conditions, condition::STREAM_READY) != Some(true) {
-        return Err(Error::Waiting(format!(
-            "swarm {name:?} has no stream ready yet"
-        )));
+        return Err(Wait::StreamNotReady { swarm: name }.into());
     }
     Ok(SwarmView {
         prefix: status

@@ -66,7 +66,7 @@ fn now() -> Timestamp {
 /// sooner when the swarm appears or changes); any other error is retried with backoff.
 pub fn waiting(e: Error, resync: Duration) -> Result<Action, Error> {
     match e {
-        Error::Waiting(_) | Error::SwarmNotFound(_) => Ok(Action::requeue(resync)),
+        Error::Waiting(_) | Error::SwarmNotFound { .. } => Ok(Action::requeue(resync)),
         other => Err(other),
     }
 }

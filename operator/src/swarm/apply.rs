@@ -49,7 +49,10 @@ pub async fn swarm(
     // Agents run even while NATS is away (they buffer at the edge), but never into a stream
     // that belongs to another swarm.
     let agents = match (&stream, desired.agents) {
-        (Err(Error::Conflict(m)), _) => Err(Error::Conflict(m.clone())),
+        (Err(Error::Conflict { context, source }), _) => Err(Error::Conflict {
+            context: context.clone(),
+            source: source.clone(),
+        }),
         (_, Ok(a)) => agents(v, ctx, a).await,
         (_, Err(e)) => Err(e),
     };
