@@ -438,39 +438,9 @@ impl Config {
 
     /// Reads the environment the operator gives an agent pod.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let need = |k: &'static str| {
-            get(k)
-                .filter(|v| !v.is_empty())
-                .ok_or(ConfigError::MissingEnv(k))
-        };
-        let dir = get(env::NATS_CREDENTIALS_DIR).map(PathBuf::from);
-        let in_dir = |file: &str| dir.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
-        let tls = get(env::NATS_TLS_DIR).map(PathBuf::from);
-        let in_tls = |file: &str| tls.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
-        let user = in_dir(credentials::USERNAME).map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        });
-        let nats = NatsConfig {
-            url: need(env::NATS_URL)?,
-            creds_file: in_dir(credentials::CREDS),
-            nkey_file: in_dir(credentials::NKEY),
-            user,
-            password_file: in_dir(credentials::PASSWORD),
-            token_file: in_dir(credentials::TOKEN),
-            ca_file: in_tls(tls::CA),
-            cert_file: in_tls(tls::CERT),
-            key_file: in_tls(tls::KEY),
-            jetstream_domain: get(env::JETSTREAM_DOMAIN).filter(|v| !v.is_empty()),
-        };
-        let listen = match get(env::LISTEN) {
-            Some(l) => l
-                .parse()
-                .map_err(|e| invalid(env::LISTEN, format!("{e}")))?,
-            None => SocketAddr::from(([0, 0, 0, 0], qis_contract::paths::AGENT_PORT)),
-        };
+        let need = |k: &'static str| non_empty_env(&get, k).ok_or(ConfigError::MissingEnv(k));
+        let nats = nats_from_env(&get, need(env::NATS_URL)?);
+        let listen = listen_from_env(&get)?;
         let (agent_id, site) = (need(env::POD_NAME)?, need(env::SITE)?);
         let (prefix, stream) = (need(env::SUBJECT_PREFIX)?, need(env::STREAM)?);
         check_identity(
@@ -490,16 +460,9 @@ impl Config {
             data_dir: get(env::DATA_DIR)
                 .map(PathBuf::from)
                 .unwrap_or_else(default_data_dir),
-            outbox_max: match get(env::OUTBOX_MAX) {
-                Some(v) => match v.parse() {
-                    Ok(0) => return Err(invalid(env::OUTBOX_MAX, "must be at least 1")),
-                    Ok(n) => n,
-                    Err(e) => return Err(invalid(env::OUTBOX_MAX, format!("{v:?}: {e}"))),
-                },
-                None => default_outbox(),
-            },
+            outbox_max: outbox_max_from_env(&get)?,
             intake: IntakeLimits::from_settings(
-                |i| get(IntakeLimits::ENV[i]).filter(|v| !v.is_empty()),
+                |i| non_empty_env(&get, IntakeLimits::ENV[i]),
                 IntakeLimits::ENV,
             )?,
             outbox: OutboxSettings::parse(
@@ -512,15 +475,77 @@ impl Config {
                 namespace: need(env::NAMESPACE)?,
                 swarm: need(env::SWARM)?,
             },
-            report_interval: match get(env::REPORT_INTERVAL) {
-                Some(v) => match qis_crds::duration::parse(&v) {
-                    Ok(d) if !d.is_zero() => d,
-                    Ok(_) => return Err(invalid(env::REPORT_INTERVAL, "must be positive")),
-                    Err(e) => return Err(invalid(env::REPORT_INTERVAL, format!("{v:?} {e}"))),
-                },
-                None => Duration::from_secs(5),
-            },
+            report_interval: report_interval_from_env(&get)?,
         })
+    }
+}
+
+/// The variable `key`, if set and not empty.
+fn non_empty_env(get: &impl Fn(&str) -> Option<String>, key: &str) -> Option<String> {
+    get(key).filter(|v| !v.is_empty())
+}
+
+/// The NATS connection of a pod: `url`, and the credential and TLS files the operator mounted
+/// (each only if its file exists).
+fn nats_from_env(get: &impl Fn(&str) -> Option<String>, url: String) -> NatsConfig {
+    let dir = get(env::NATS_CREDENTIALS_DIR).map(PathBuf::from);
+    let in_dir = |file: &str| dir.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
+    let tls = get(env::NATS_TLS_DIR).map(PathBuf::from);
+    let in_tls = |file: &str| tls.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
+    let user = in_dir(credentials::USERNAME).map(|p| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    });
+    NatsConfig {
+        url,
+        creds_file: in_dir(credentials::CREDS),
+        nkey_file: in_dir(credentials::NKEY),
+        user,
+        password_file: in_dir(credentials::PASSWORD),
+        token_file: in_dir(credentials::TOKEN),
+        ca_file: in_tls(tls::CA),
+        cert_file: in_tls(tls::CERT),
+        key_file: in_tls(tls::KEY),
+        jetstream_domain: non_empty_env(get, env::JETSTREAM_DOMAIN),
+    }
+}
+
+/// The intake's address (`QIS_LISTEN`), else every interface on the agent's port.
+fn listen_from_env(get: &impl Fn(&str) -> Option<String>) -> Result<SocketAddr, ConfigError> {
+    match get(env::LISTEN) {
+        Some(l) => l.parse().map_err(|e| invalid(env::LISTEN, format!("{e}"))),
+        None => Ok(SocketAddr::from((
+            [0, 0, 0, 0],
+            qis_contract::paths::AGENT_PORT,
+        ))),
+    }
+}
+
+/// The outbox's packet bound, at least 1.
+fn outbox_max_from_env(get: &impl Fn(&str) -> Option<String>) -> Result<usize, ConfigError> {
+    let Some(v) = get(env::OUTBOX_MAX) else {
+        return Ok(default_outbox());
+    };
+    match v.parse() {
+        Ok(0) => Err(invalid(env::OUTBOX_MAX, "must be at least 1")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(invalid(env::OUTBOX_MAX, format!("{v:?}: {e}"))),
+    }
+}
+
+/// How often the reporter writes (a positive duration), 5 s if unset.
+fn report_interval_from_env(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Duration, ConfigError> {
+    let Some(v) = get(env::REPORT_INTERVAL) else {
+        return Ok(Duration::from_secs(5));
+    };
+    match qis_crds::duration::parse(&v) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(invalid(env::REPORT_INTERVAL, "must be positive")),
+        Err(e) => Err(invalid(env::REPORT_INTERVAL, format!("{v:?} {e}"))),
     }
 }
 
@@ -583,6 +608,58 @@ fn parse_bytes(v: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(unit)
 }
 
+/// The outbox's byte bound named `key`: none if unset, else a byte count of at least
+/// [`OUTBOX_MIN_BYTES`].
+fn outbox_max_bytes(key: &str, value: Option<&str>) -> Result<Option<u64>, ConfigError> {
+    let Some(v) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match parse_bytes(v) {
+        Some(b) if b >= OUTBOX_MIN_BYTES => Ok(Some(b)),
+        Some(_) => Err(invalid(
+            key,
+            format!("{v:?} is below the least, {OUTBOX_MIN_BYTES} bytes"),
+        )),
+        None => Err(invalid(
+            key,
+            format!("{v:?} is not a byte count (e.g. 16Mi)"),
+        )),
+    }
+}
+
+/// The interval fsync policy's period named `key`: 1 s if unset, else above 0 and at most 1 h.
+fn fsync_interval(key: &str, value: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(v) = value.filter(|v| !v.is_empty()) else {
+        return Ok(Duration::from_secs(1));
+    };
+    match qis_crds::duration::parse(v) {
+        Ok(d) if !d.is_zero() && d <= OUTBOX_MAX_FSYNC_INTERVAL => Ok(d),
+        Ok(_) => Err(invalid(
+            key,
+            format!("{v:?} must be above 0 and at most 1h"),
+        )),
+        Err(e) => Err(invalid(key, format!("{v:?} {e}"))),
+    }
+}
+
+/// The fsync policy named `key` (`interval` with `every` if unset).
+fn fsync_policy(
+    key: &str,
+    value: Option<&str>,
+    every: Duration,
+) -> Result<crate::outbox::Fsync, ConfigError> {
+    use crate::outbox::Fsync;
+    match value.filter(|v| !v.is_empty()) {
+        None | Some("interval") => Ok(Fsync::Interval(every)),
+        Some("always") => Ok(Fsync::Always),
+        Some("never") => Ok(Fsync::Never),
+        Some(v) => Err(invalid(
+            key,
+            format!("{v:?}: expected always, interval or never"),
+        )),
+    }
+}
+
 impl OutboxSettings {
     /// Checks the settings; `field` names their block (`outbox` in a file, `QIS_OUTBOX` in the
     /// environment).
@@ -592,62 +669,16 @@ impl OutboxSettings {
         fsync: Option<&str>,
         interval: Option<&str>,
     ) -> Result<OutboxSettings, ConfigError> {
-        use crate::outbox::Fsync;
-        let sep = if field.starts_with("QIS_") { "_" } else { "." };
-        let name = |s: &str, env: &str| {
-            if sep == "_" {
-                format!("{field}_{env}")
+        let name = |file_key: &str, env_key: &str| {
+            if field.starts_with("QIS_") {
+                format!("{field}_{env_key}")
             } else {
-                format!("{field}.{s}")
+                format!("{field}.{file_key}")
             }
         };
-        let max_bytes = match max_bytes.filter(|v| !v.is_empty()) {
-            None => None,
-            Some(v) => match parse_bytes(v) {
-                Some(b) if b >= OUTBOX_MIN_BYTES => Some(b),
-                Some(_) => {
-                    return Err(invalid(
-                        &name("maxBytes", "MAX_BYTES"),
-                        format!("{v:?} is below the least, {OUTBOX_MIN_BYTES} bytes"),
-                    ));
-                }
-                None => {
-                    return Err(invalid(
-                        &name("maxBytes", "MAX_BYTES"),
-                        format!("{v:?} is not a byte count (e.g. 16Mi)"),
-                    ));
-                }
-            },
-        };
-        let every = match interval.filter(|v| !v.is_empty()) {
-            None => Duration::from_secs(1),
-            Some(v) => match qis_crds::duration::parse(v) {
-                Ok(d) if !d.is_zero() && d <= OUTBOX_MAX_FSYNC_INTERVAL => d,
-                Ok(_) => {
-                    return Err(invalid(
-                        &name("fsyncInterval", "FSYNC_INTERVAL"),
-                        format!("{v:?} must be above 0 and at most 1h"),
-                    ));
-                }
-                Err(e) => {
-                    return Err(invalid(
-                        &name("fsyncInterval", "FSYNC_INTERVAL"),
-                        format!("{v:?} {e}"),
-                    ));
-                }
-            },
-        };
-        let fsync = match fsync.filter(|v| !v.is_empty()) {
-            None | Some("interval") => Fsync::Interval(every),
-            Some("always") => Fsync::Always,
-            Some("never") => Fsync::Never,
-            Some(v) => {
-                return Err(invalid(
-                    &name("fsync", "FSYNC"),
-                    format!("{v:?}: expected always, interval or never"),
-                ));
-            }
-        };
+        let max_bytes = outbox_max_bytes(&name("maxBytes", "MAX_BYTES"), max_bytes)?;
+        let every = fsync_interval(&name("fsyncInterval", "FSYNC_INTERVAL"), interval)?;
+        let fsync = fsync_policy(&name("fsync", "FSYNC"), fsync, every)?;
         Ok(OutboxSettings { max_bytes, fsync })
     }
 

@@ -81,82 +81,107 @@ impl Default for Metrics {
             intake_connections: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "packets_in",
-            "Packets taken in through the intake",
-            m.packets_in.clone(),
-        );
-        registry.register(
-            "packets_refused",
-            "Packets refused, by rule",
-            m.packets_refused.clone(),
-        );
-        registry.register(
-            "packets_out",
-            "Packets deposited (acked)",
-            m.packets_out.clone(),
-        );
-        registry.register("twins_in", "Twins received", m.twins_in.clone());
-        registry.register(
-            "twins_duplicate",
-            "Twins that changed nothing (duplicates, redeliveries)",
-            m.twins_duplicate.clone(),
-        );
-        registry.register(
-            "synthesis_out",
-            "Synthesis packets published",
-            m.synthesis_out.clone(),
-        );
-        registry.register(
-            "outbox_depth",
-            "Packets waiting in the outbox",
-            m.outbox_depth.clone(),
-        );
-        registry.register(
-            "outbox_dropped",
-            "Packets dropped because the outbox was full",
-            m.outbox_dropped.clone(),
-        );
-        registry.register(
-            "outbox_write_failures",
-            "Outbox writes that failed (disk full, I/O error)",
-            m.outbox_write_failures.clone(),
-        );
-        registry.register(
-            "consumer_lag",
-            "Messages pending on the subject's consumer",
-            m.consumer_lag.clone(),
-        );
-        registry.register(
-            "synthesis_latency_seconds",
-            "Time to take a twin into the synthesis state",
-            m.synthesis_latency.clone(),
-        );
-        registry.register(
-            "status_writes",
-            "Consensus status writes",
-            m.status_writes.clone(),
-        );
-        registry.register(
-            "subjects_refused",
-            "Subjects refused for settings the agent cannot use",
-            m.subjects_refused.clone(),
-        );
-        registry.register(
-            "synthesis_evictions",
-            "Packets a subject's window limits turned away (maxVoters, maxPackets, maxProblems)",
-            m.synthesis_evictions.clone(),
-        );
-        registry.register(
-            "intake_connections",
-            "Open intake connections",
-            m.intake_connections.clone(),
-        );
+        m.register_packets(&mut registry);
+        m.register_twins(&mut registry);
+        m.register_outbox(&mut registry);
+        m.register_subjects(&mut registry);
+        m.register_intake(&mut registry);
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Registers: the intake's and the deposit's packets.
+    fn register_packets(&self, registry: &mut Registry) {
+        registry.register(
+            "packets_in",
+            "Packets taken in through the intake",
+            self.packets_in.clone(),
+        );
+        registry.register(
+            "packets_refused",
+            "Packets refused, by rule",
+            self.packets_refused.clone(),
+        );
+        registry.register(
+            "packets_out",
+            "Packets deposited (acked)",
+            self.packets_out.clone(),
+        );
+    }
+
+    /// Registers: twins received and synthesis packets published.
+    fn register_twins(&self, registry: &mut Registry) {
+        registry.register("twins_in", "Twins received", self.twins_in.clone());
+        registry.register(
+            "twins_duplicate",
+            "Twins that changed nothing (duplicates, redeliveries)",
+            self.twins_duplicate.clone(),
+        );
+        registry.register(
+            "synthesis_out",
+            "Synthesis packets published",
+            self.synthesis_out.clone(),
+        );
+    }
+
+    /// Registers: the outbox.
+    fn register_outbox(&self, registry: &mut Registry) {
+        registry.register(
+            "outbox_depth",
+            "Packets waiting in the outbox",
+            self.outbox_depth.clone(),
+        );
+        registry.register(
+            "outbox_dropped",
+            "Packets dropped because the outbox was full",
+            self.outbox_dropped.clone(),
+        );
+        registry.register(
+            "outbox_write_failures",
+            "Outbox writes that failed (disk full, I/O error)",
+            self.outbox_write_failures.clone(),
+        );
+    }
+
+    /// Registers: per subject: consumers, synthesis, status writes.
+    fn register_subjects(&self, registry: &mut Registry) {
+        registry.register(
+            "consumer_lag",
+            "Messages pending on the subject's consumer",
+            self.consumer_lag.clone(),
+        );
+        registry.register(
+            "synthesis_latency_seconds",
+            "Time to take a twin into the synthesis state",
+            self.synthesis_latency.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Consensus status writes",
+            self.status_writes.clone(),
+        );
+        registry.register(
+            "subjects_refused",
+            "Subjects refused for settings the agent cannot use",
+            self.subjects_refused.clone(),
+        );
+        registry.register(
+            "synthesis_evictions",
+            "Packets a subject's window limits turned away (maxVoters, maxPackets, maxProblems)",
+            self.synthesis_evictions.clone(),
+        );
+    }
+
+    /// Registers: the intake's connections.
+    fn register_intake(&self, registry: &mut Registry) {
+        registry.register(
+            "intake_connections",
+            "Open intake connections",
+            self.intake_connections.clone(),
+        );
+    }
+
     pub fn refused(&self, rule: &'static str) {
         self.packets_refused
             .get_or_create(&RuleLabel { rule })

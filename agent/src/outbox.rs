@@ -27,7 +27,7 @@
 
 mod mark;
 
-use mark::MarkFile;
+use mark::{Mark, MarkFile};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -195,6 +195,83 @@ fn parse(line: &[u8]) -> Line {
     }
 }
 
+/// The outbox's files in `dir` (created if missing): the log (read and append), its path, the
+/// mark file and the mark it held. A temporary file left by an interrupted rewrite is removed.
+fn open_files(dir: &Path) -> Result<(File, PathBuf, MarkFile, Option<Mark>), OutboxError> {
+    std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
+    let path = dir.join(LOG);
+    let tmp = dir.join("outbox.jsonl.tmp");
+    if tmp.exists() {
+        std::fs::remove_file(&tmp).map_err(io(&tmp, "remove leftover"))?;
+    }
+    let mark_path = dir.join(MARK);
+    let (mark, found) = MarkFile::open(&mark_path).map_err(io(&mark_path, "open"))?;
+    let log = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(io(&path, "open"))?;
+    Ok((log, path, mark, found))
+}
+
+/// What reading the log back found.
+#[derive(Default)]
+struct LogScan {
+    /// The header's generation and length, if the log opens with one.
+    header: Option<(u64, u64)>,
+    /// Every entry, with where its line starts and its length.
+    lines: Vec<(Entry, u64, u64)>,
+    /// Where the last good line ends.
+    good_len: u64,
+    /// Where the log ends.
+    end: u64,
+    /// An entry came before any header: the format before the mark.
+    legacy: bool,
+    /// Bad lines followed by a good one (bad lines at the end are the torn tail).
+    corrupt_lines: u64,
+}
+
+impl LogScan {
+    /// Reads every line of `log`, with where it starts.
+    fn read(log: &mut File, path: &Path) -> Result<LogScan, OutboxError> {
+        let mut scan = LogScan::default();
+        // Bad lines not yet followed by a good one: at the end, they are the torn tail.
+        let mut bad_run = 0u64;
+        let mut reader = BufReader::new(log);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut buf)
+                .map_err(io(path, "read"))? as u64;
+            if n == 0 {
+                return Ok(scan);
+            }
+            let pos = scan.end;
+            let parsed = match buf.strip_suffix(b"\n") {
+                Some(line) => parse(line),
+                None => Line::Bad,
+            };
+            match parsed {
+                Line::Header(g) if pos == 0 => {
+                    scan.header = Some((g, n));
+                    scan.good_len = pos + n;
+                }
+                Line::Entry(e) => {
+                    scan.legacy |= scan.header.is_none();
+                    scan.lines.push((e, pos, n));
+                    scan.good_len = pos + n;
+                    scan.corrupt_lines += bad_run;
+                    bad_run = 0;
+                }
+                _ => bad_run += 1,
+            }
+            scan.end += n;
+        }
+    }
+}
+
 impl Outbox {
     /// Opens (or creates) the outbox in `dir` with a packet bound and the default byte bound
     /// and fsync policy.
@@ -210,71 +287,21 @@ impl Outbox {
     /// line is cut, the delivered prefix skipped, a log of the old format (no header)
     /// rewritten.
     pub fn open_with(dir: &Path, limits: Limits, fsync: Fsync) -> Result<Outbox, OutboxError> {
-        std::fs::create_dir_all(dir).map_err(io(dir, "create directory"))?;
-        let path = dir.join(LOG);
-        let tmp = dir.join("outbox.jsonl.tmp");
-        if tmp.exists() {
-            std::fs::remove_file(&tmp).map_err(io(&tmp, "remove leftover"))?;
-        }
-        let mark_path = dir.join(MARK);
-        let (mark, found) = MarkFile::open(&mark_path).map_err(io(&mark_path, "open"))?;
-        let mut log = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io(&path, "open"))?;
-        let mut recovery = Recovery::default();
-        // Read every complete line, with where it starts.
-        let mut header: Option<(u64, u64)> = None;
-        let mut lines: Vec<(Entry, u64, u64)> = Vec::new();
-        let mut good_len = 0u64;
-        let mut pos = 0u64;
-        let mut legacy = false;
-        // Bad lines not yet followed by a good one: at the end, they are the torn tail.
-        let mut bad_run = 0u64;
-        {
-            let mut reader = BufReader::new(&mut log);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                let n = reader
-                    .read_until(b'\n', &mut buf)
-                    .map_err(io(&path, "read"))? as u64;
-                if n == 0 {
-                    break;
-                }
-                let complete = buf.last() == Some(&b'\n');
-                let parsed = if complete {
-                    parse(&buf[..buf.len() - 1])
-                } else {
-                    Line::Bad
-                };
-                match parsed {
-                    Line::Header(g) if pos == 0 => {
-                        header = Some((g, n));
-                        good_len = pos + n;
-                    }
-                    Line::Entry(e) => {
-                        legacy |= header.is_none();
-                        lines.push((e, pos, n));
-                        good_len = pos + n;
-                        recovery.corrupt_lines += bad_run;
-                        bad_run = 0;
-                    }
-                    _ => bad_run += 1,
-                }
-                pos += n;
-            }
-        }
-        if pos > good_len {
+        let (mut log, path, mark, found) = open_files(dir)?;
+        let scan = LogScan::read(&mut log, &path)?;
+        let mut recovery = Recovery {
+            corrupt_lines: scan.corrupt_lines,
+            ..Recovery::default()
+        };
+        if scan.end > scan.good_len {
             // The bad bytes at the end are a torn append, not corruption.
-            recovery.torn_bytes = pos - good_len;
+            recovery.torn_bytes = scan.end - scan.good_len;
             tracing::warn!(
                 bytes = recovery.torn_bytes,
                 "outbox: cutting a torn last line"
             );
-            log.set_len(good_len).map_err(io(&path, "cut torn tail"))?;
+            log.set_len(scan.good_len)
+                .map_err(io(&path, "cut torn tail"))?;
         }
         if recovery.corrupt_lines > 0 {
             tracing::warn!(
@@ -282,9 +309,9 @@ impl Outbox {
                 "outbox: skipped lines that do not parse"
             );
         }
-        let (generation, header_len) = header.unwrap_or_default();
+        let (generation, header_len) = scan.header.unwrap_or_default();
         let start = match found {
-            Some(m) if m.generation == generation => m.offset.clamp(header_len, good_len),
+            Some(m) if m.generation == generation => m.offset.clamp(header_len, scan.good_len),
             // A compaction renamed its log and stopped before the mark: all pending.
             _ => header_len,
         };
@@ -301,7 +328,7 @@ impl Outbox {
             mark,
             generation,
             header_len,
-            log_len: good_len,
+            log_len: scan.good_len,
             start,
             mark_stale: false,
             tail_dirty: false,
@@ -310,25 +337,39 @@ impl Outbox {
             mark_failures: 0,
             recovery,
         };
+        outbox.load(scan.lines);
+        outbox.settle_format(found, scan.header.is_none() || scan.legacy)?;
+        Ok(outbox)
+    }
+
+    /// Takes the log's entries from `start` on as pending; those before it were delivered.
+    fn load(&mut self, lines: Vec<(Entry, u64, u64)>) {
         for (e, at, n) in lines {
-            if at >= start {
-                outbox.pending_bytes += n;
-                outbox.entries.push_back((e, n));
+            if at >= self.start {
+                self.pending_bytes += n;
+                self.entries.push_back((e, n));
             } else {
-                outbox.recovery.delivered += 1;
+                self.recovery.delivered += 1;
             }
         }
-        if header.is_none() || legacy {
+    }
+
+    /// Brings what was loaded to the current format and bounds: a log without a header (new,
+    /// or of the format before the mark) is rewritten as the next generation; a mark that
+    /// disagrees with what was loaded is written again.
+    fn settle_format(&mut self, found: Option<Mark>, old_format: bool) -> Result<(), OutboxError> {
+        if old_format {
             // No header (a new file, or the format before the mark): start generation 1.
-            outbox.generation = found.map(|m| m.generation).unwrap_or(0).max(generation) + 1;
-            outbox.rewrite()?;
-        } else if found.map(|m| (m.generation, m.offset)) != Some((generation, start)) {
-            outbox.write_mark()?;
+            let marked = found.map(|m| m.generation).unwrap_or(0);
+            self.generation = marked.max(self.generation) + 1;
+            self.rewrite()?;
+        } else if found.map(|m| (m.generation, m.offset)) != Some((self.generation, self.start)) {
+            self.write_mark()?;
         }
-        outbox.enforce_bounds();
-        outbox.persist_mark();
-        outbox.sync_now();
-        Ok(outbox)
+        self.enforce_bounds();
+        self.persist_mark();
+        self.sync_now();
+        Ok(())
     }
 
     pub fn len(&self) -> usize {

@@ -215,14 +215,14 @@ impl OutcomePacket {
                 return Err(PacketError::DuplicateField(name));
             }
         }
-        let mut take = |i: usize| slots[i].take().ok_or(PacketError::MissingField(FIELDS[i]));
+        let mut field = |i: usize| slots[i].take().ok_or(PacketError::MissingField(FIELDS[i]));
         let packet = OutcomePacket {
-            agent_id: string(FIELDS[0], take(0)?)?,
-            domain: string(FIELDS[1], take(1)?)?,
-            problem_class: string(FIELDS[2], take(2)?)?,
-            conclusion: string(FIELDS[3], take(3)?)?,
-            confidence: number(FIELDS[4], &take(4)?)?,
-            context_vector: match take(5)? {
+            agent_id: string(FIELDS[0], field(0)?)?,
+            domain: string(FIELDS[1], field(1)?)?,
+            problem_class: string(FIELDS[2], field(2)?)?,
+            conclusion: string(FIELDS[3], field(3)?)?,
+            confidence: number(FIELDS[4], &field(4)?)?,
+            context_vector: match field(5)? {
                 Value::Array(items) => {
                     if items.len() > MAX_CONTEXT_DIMS {
                         return Err(PacketError::VectorTooLong(items.len()));
@@ -239,8 +239,8 @@ impl OutcomePacket {
                     });
                 }
             },
-            timestamp: number(FIELDS[6], &take(6)?)?,
-            source_node: string(FIELDS[7], take(7)?)?,
+            timestamp: number(FIELDS[6], &field(6)?)?,
+            source_node: string(FIELDS[7], field(7)?)?,
         };
         packet.validate()?;
         Ok(packet)

@@ -84,97 +84,168 @@ impl Reporter {
 
     /// Runs until `stop` turns true; gives the lease up then.
     pub async fn run(self, views: Views, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
-        let lock = LeaseLock::new(
-            self.namespace.clone(),
-            self.lease_name(),
-            self.identity.clone(),
-            self.interval * 3,
-            self.interval,
-        );
-        let api: Api<QisSubject> = Api::namespaced(self.client.clone(), &self.namespace);
-        let mut written: HashMap<String, Consensus> = HashMap::new();
         let mut tick = tokio::time::interval(self.interval);
-        let mut holding = false;
-        let mut unfit_ticks = 0u32;
+        let mut round = Rounds::new(&self, metrics);
         loop {
             tokio::select! {
                 _ = stop.changed() => {
-                    if holding && let Err(e) = lock.release(&self.client).await {
-                        tracing::warn!(error = %e, "cannot release the reporter lease");
-                    }
+                    round.release_if_held(&self.client).await;
                     return;
                 }
                 _ = tick.tick() => {}
             }
-            // Unfit on two ticks running: a NATS reconnect or a rebind is no reason to hand
-            // the lease over (every handover rewrites every subject's status).
-            unfit_ticks = if self.fit(&views) { 0 } else { unfit_ticks + 1 };
-            if unfit_ticks > 0 {
-                if holding && unfit_ticks >= 2 {
-                    tracing::info!(
-                        "no NATS connection or no subject bound: giving the reporter lease up"
-                    );
-                    match lock.release(&self.client).await {
-                        Ok(()) => holding = false,
-                        Err(e) => tracing::warn!(error = %e, "cannot release the reporter lease"),
-                    }
-                    written.clear();
-                }
+            round.once(&self, &views).await;
+        }
+    }
+
+    /// The status form of every subject with a snapshot, by subject name.
+    fn current(&self, views: &Views) -> Vec<(String, Consensus)> {
+        let views = views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        views
+            .iter()
+            .filter_map(|(name, v)| {
+                v.snapshot
+                    .as_ref()
+                    .map(|s| (name.clone(), consensus(s, &self.site, &self.identity)))
+            })
+            .collect()
+    }
+}
+
+/// How one consensus write ended.
+enum Written {
+    Done,
+    Failed,
+    /// The API server did not answer in time: no more writes this round.
+    TimedOut,
+}
+
+/// The reporter's state across rounds: the lease, whether it is held, what was written.
+struct Rounds {
+    lock: LeaseLock,
+    subjects: Api<QisSubject>,
+    metrics: Arc<Metrics>,
+    /// The consensus last written per subject (while holding the lease).
+    written: HashMap<String, Consensus>,
+    holding: bool,
+    /// Ticks running on which this agent could not report.
+    unfit_ticks: u32,
+}
+
+impl Rounds {
+    fn new(reporter: &Reporter, metrics: Arc<Metrics>) -> Rounds {
+        Rounds {
+            lock: LeaseLock::new(
+                reporter.namespace.clone(),
+                reporter.lease_name(),
+                reporter.identity.clone(),
+                reporter.interval * 3,
+                reporter.interval,
+            ),
+            subjects: Api::namespaced(reporter.client.clone(), &reporter.namespace),
+            metrics,
+            written: HashMap::new(),
+            holding: false,
+            unfit_ticks: 0,
+        }
+    }
+
+    /// One report interval: hand the lease over if unfit, else take or renew it and write the
+    /// subjects whose consensus changed.
+    async fn once(&mut self, reporter: &Reporter, views: &Views) {
+        // Unfit on two ticks running: a NATS reconnect or a rebind is no reason to hand
+        // the lease over (every handover rewrites every subject's status).
+        self.unfit_ticks = if reporter.fit(views) {
+            0
+        } else {
+            self.unfit_ticks + 1
+        };
+        if self.unfit_ticks > 0 {
+            if self.holding && self.unfit_ticks >= 2 {
+                tracing::info!(
+                    "no NATS connection or no subject bound: giving the reporter lease up"
+                );
+                self.release_if_held(&reporter.client).await;
+                self.written.clear();
+            }
+            return;
+        }
+        let attempted = tokio::time::Instant::now();
+        if self.hold(&reporter.client).await {
+            self.write_changed(reporter.current(views), attempted).await;
+        }
+    }
+
+    /// Takes or renews the lease; whether this agent holds it.
+    async fn hold(&mut self, client: &Client) -> bool {
+        match self.lock.try_once(client).await {
+            Ok(Attempt::Held) => self.holding = true,
+            Ok(Attempt::HeldByOther(_)) => {
+                self.holding = false;
+                self.written.clear();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "reporter lease");
+                return false;
+            }
+        }
+        self.holding
+    }
+
+    async fn release_if_held(&mut self, client: &Client) {
+        if !self.holding {
+            return;
+        }
+        match self.lock.release(client).await {
+            Ok(()) => self.holding = false,
+            Err(e) => tracing::warn!(error = %e, "cannot release the reporter lease"),
+        }
+    }
+
+    /// Writes every subject whose consensus changed, stopping before the lease taken at
+    /// `attempted` could have passed to another agent.
+    async fn write_changed(
+        &mut self,
+        current: Vec<(String, Consensus)>,
+        attempted: tokio::time::Instant,
+    ) {
+        for (name, c) in current {
+            if self.written.get(&name) == Some(&c) {
                 continue;
             }
-            let attempted = tokio::time::Instant::now();
-            match lock.try_once(&self.client).await {
-                Ok(Attempt::Held) => holding = true,
-                Ok(Attempt::HeldByOther(_)) => {
-                    holding = false;
-                    written.clear();
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "reporter lease");
-                    continue;
-                }
+            if attempted.elapsed() + self.lock.deadline() >= self.lock.lease_duration {
+                break;
             }
-            let current: Vec<(String, Consensus)> = {
-                let views = views
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                views
-                    .iter()
-                    .filter_map(|(name, v)| {
-                        v.snapshot
-                            .as_ref()
-                            .map(|s| (name.clone(), consensus(s, &self.site, &self.identity)))
-                    })
-                    .collect()
-            };
-            for (name, c) in current {
-                if written.get(&name) == Some(&c) {
-                    continue;
+            match self.write(&name, &c).await {
+                Written::Done => {
+                    self.metrics.status_writes.inc();
+                    self.written.insert(name, c);
                 }
-                // Writes stop before the lease could have passed to another agent.
-                if attempted.elapsed() + lock.deadline() >= lock.lease_duration {
-                    break;
-                }
-                let mut stamped = c.clone();
-                stamped.updated_at = k8s_openapi::jiff::Timestamp::now().to_string();
-                let patch = json!({"apiVersion": "qis.dev/v1alpha1", "kind": "QisSubject", "status": {"consensus": stamped}});
-                let params = PatchParams::apply(AGENT_FIELD_MANAGER).force();
-                let patch = Patch::Apply(&patch);
-                let write = api.patch_status(&name, &params, &patch);
-                match tokio::time::timeout(lock.deadline(), write).await {
-                    Ok(Ok(_)) => {
-                        metrics.status_writes.inc();
-                        written.insert(name, c);
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(subject = %name, error = %e, "cannot write consensus")
-                    }
-                    Err(_) => {
-                        tracing::warn!(subject = %name, "the API server did not answer a consensus write in time");
-                        break;
-                    }
-                }
+                Written::Failed => {}
+                Written::TimedOut => break,
+            }
+        }
+    }
+
+    /// Writes one subject's consensus, stamped now, with the agent's field manager.
+    async fn write(&self, name: &str, c: &Consensus) -> Written {
+        let mut stamped = c.clone();
+        stamped.updated_at = k8s_openapi::jiff::Timestamp::now().to_string();
+        let patch = json!({"apiVersion": "qis.dev/v1alpha1", "kind": "QisSubject", "status": {"consensus": stamped}});
+        let params = PatchParams::apply(AGENT_FIELD_MANAGER).force();
+        let patch = Patch::Apply(&patch);
+        let write = self.subjects.patch_status(name, &params, &patch);
+        match tokio::time::timeout(self.lock.deadline(), write).await {
+            Ok(Ok(_)) => Written::Done,
+            Ok(Err(e)) => {
+                tracing::warn!(subject = %name, error = %e, "cannot write consensus");
+                Written::Failed
+            }
+            Err(_) => {
+                tracing::warn!(subject = %name, "the API server did not answer a consensus write in time");
+                Written::TimedOut
             }
         }
     }

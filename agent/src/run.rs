@@ -6,7 +6,7 @@
 use crate::cluster::Subjects;
 use crate::config::{Config, Mode};
 use crate::deposit;
-use crate::intake::{self, Api};
+use crate::intake::{self, IntakeState};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::subject_worker::{self, SubjectSpec, Views, WorkerContext};
@@ -59,7 +59,7 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
     let views: Views = Arc::default();
     let routes: Arc<RwLock<Vec<SubjectSpec>>> = Arc::default();
     let accepting = Arc::new(AtomicBool::new(true));
-    let api = Api {
+    let intake_state = IntakeState {
         depositor: depositor.clone(),
         metrics: metrics.clone(),
         views: views.clone(),
@@ -71,7 +71,7 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
         limits: config.intake.clone(),
         budget: intake::limits::BodyBudget::new(config.intake.body_budget),
     };
-    let server = start_intake(&config, api, metrics.clone(), stop_rx.clone()).await?;
+    let server = start_intake(&config, intake_state, metrics.clone(), stop_rx.clone()).await?;
     let (source, fixed) = subject_source(&config, &connected, &views, &metrics, &stop_rx).await?;
     let ctx = WorkerContext {
         config: config.clone(),
@@ -137,7 +137,7 @@ fn open_outbox(config: &Config) -> Result<Outbox, String> {
 /// Binds the intake's listener and serves it until `stop` turns true.
 async fn start_intake(
     config: &Config,
-    api: Api,
+    intake_state: IntakeState,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
@@ -147,7 +147,7 @@ async fn start_intake(
     tracing::info!(listen = %listener.local_addr().map_err(|e| e.to_string())?, agent = %config.agent_id, site = %config.site, "agent started");
     Ok(tokio::spawn(intake::server::serve(
         listener,
-        intake::router(api),
+        intake::router(intake_state),
         config.intake.clone(),
         metrics,
         stop,

@@ -213,57 +213,18 @@ impl Synthesizer {
 
     /// Takes one packet in, as of `now` (seconds since the epoch).
     pub fn ingest(&mut self, packet: &OutcomePacket, meta: &PacketMeta, now: f64) -> Ingest {
-        if meta.kind == PacketKind::Synthesis {
-            return Ingest::NotAVote;
-        }
-        self.expire(now);
-        if packet.timestamp < now - self.settings.window {
-            return Ingest::Expired;
-        }
-        if packet.timestamp > now + self.settings.max_clock_skew {
-            return Ingest::FromTheFuture;
-        }
-        let age = Age {
-            timestamp: packet.timestamp,
-            id: hash_id(&meta.id),
+        let age = match self.arrival(packet, meta, now) {
+            Ok(age) => age,
+            Err(refused) => return refused,
         };
-        if self.seen.contains(&age.id) {
-            return Ingest::Duplicate;
-        }
         let voter: Arc<str> = match self.settings.method {
             SynthesisMethod::Seed => meta.id.as_str().into(),
             _ => packet.agent_id.as_str().into(),
         };
-        let old = self.votes.get(&voter).map(|v| {
-            (
-                Age {
-                    timestamp: v.timestamp,
-                    id: v.id,
-                },
-                v.problem.clone(),
-            )
-        });
-        match &old {
-            Some((old_age, _)) if age <= *old_age => {
-                self.remember(age);
-                return Ingest::Superseded;
-            }
-            None if self.votes.len() >= self.settings.limits.voters => {
-                self.evictions.voters += 1;
-                return Ingest::VotersFull;
-            }
-            _ => {}
-        }
-        let frees_a_place = old
-            .as_ref()
-            .is_some_and(|(_, p)| self.problems.get(p) == Some(&1));
-        let problem = match self.problem_for(&packet.problem()) {
-            Some(p) => p,
-            None if frees_a_place => packet.problem().into(),
-            None => {
-                self.evictions.problems += 1;
-                return Ingest::ProblemsFull;
-            }
+        let old = self.previous_vote(&voter);
+        let problem = match self.place_for(packet, age, old.as_ref()) {
+            Ok(problem) => problem,
+            Err(refused) => return refused,
         };
         self.remember(age);
         if let Some((old_age, old_problem)) = old {
@@ -285,6 +246,75 @@ impl Synthesizer {
         };
         self.votes.insert(voter, vote);
         Ingest::Voted
+    }
+
+    /// Where a packet stands, once the window is expired as of `now`; why it is no vote if
+    /// it is none (a synthesis packet, outside the window or the clock skew, already seen).
+    fn arrival(
+        &mut self,
+        packet: &OutcomePacket,
+        meta: &PacketMeta,
+        now: f64,
+    ) -> Result<Age, Ingest> {
+        if meta.kind == PacketKind::Synthesis {
+            return Err(Ingest::NotAVote);
+        }
+        self.expire(now);
+        if packet.timestamp < now - self.settings.window {
+            return Err(Ingest::Expired);
+        }
+        if packet.timestamp > now + self.settings.max_clock_skew {
+            return Err(Ingest::FromTheFuture);
+        }
+        let age = Age {
+            timestamp: packet.timestamp,
+            id: hash_id(&meta.id),
+        };
+        if self.seen.contains(&age.id) {
+            return Err(Ingest::Duplicate);
+        }
+        Ok(age)
+    }
+
+    /// The age and problem of `voter`'s current vote, if it has one.
+    fn previous_vote(&self, voter: &Arc<str>) -> Option<(Age, Arc<str>)> {
+        self.votes.get(voter).map(|v| {
+            let age = Age {
+                timestamp: v.timestamp,
+                id: v.id,
+            };
+            (age, v.problem.clone())
+        })
+    }
+
+    /// The problem a new vote of age `age` counts for, replacing `old`; why it does not count
+    /// if the window's limits leave no place for it (an older packet is remembered as seen).
+    fn place_for(
+        &mut self,
+        packet: &OutcomePacket,
+        age: Age,
+        old: Option<&(Age, Arc<str>)>,
+    ) -> Result<Arc<str>, Ingest> {
+        match old {
+            Some((old_age, _)) if age <= *old_age => {
+                self.remember(age);
+                return Err(Ingest::Superseded);
+            }
+            None if self.votes.len() >= self.settings.limits.voters => {
+                self.evictions.voters += 1;
+                return Err(Ingest::VotersFull);
+            }
+            _ => {}
+        }
+        let frees_a_place = old.is_some_and(|(_, p)| self.problems.get(p) == Some(&1));
+        match self.problem_for(&packet.problem()) {
+            Some(p) => Ok(p),
+            None if frees_a_place => Ok(packet.problem().into()),
+            None => {
+                self.evictions.problems += 1;
+                Err(Ingest::ProblemsFull)
+            }
+        }
     }
 
     /// Drops packets and votes older than the window; amortized O(log n) per packet.

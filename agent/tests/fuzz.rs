@@ -157,7 +157,7 @@ async fn intake_survives_mutations() {
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let outbox = qis_agent::outbox::Outbox::open(dir.path(), 100).expect("outbox");
     let depositor = qis_agent::deposit::start(js, outbox, metrics.clone(), stop);
-    let api = qis_agent::intake::Api {
+    let api = qis_agent::intake::IntakeState {
         depositor,
         metrics,
         views: Default::default(),

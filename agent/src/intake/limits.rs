@@ -3,7 +3,7 @@
 //! body timeout; and, for batches, held only within a budget of bytes that all requests share
 //! (so 100 concurrent 1 MiB batches cost the budget, not 100 MiB).
 
-use super::{Api, MAX_BATCH_BYTES, refuse};
+use super::{IntakeState, MAX_BATCH_BYTES, refuse};
 use crate::config::IntakeLimits;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -47,10 +47,10 @@ fn limit_of(path: &str) -> (usize, &'static str) {
 }
 
 /// A 503 that tells the client when to try again.
-pub fn busy(api: &Api, rule: &'static str, error: String) -> Response {
-    let mut r = refuse(api, StatusCode::SERVICE_UNAVAILABLE, rule, error);
+pub fn busy(intake: &IntakeState, rule: &'static str, error: String) -> Response {
+    let mut r = refuse(intake, StatusCode::SERVICE_UNAVAILABLE, rule, error);
     r.headers_mut()
-        .insert(header::RETRY_AFTER, retry_after(&api.limits));
+        .insert(header::RETRY_AFTER, retry_after(&intake.limits));
     r
 }
 
@@ -81,7 +81,7 @@ async fn read(body: Body, limit: usize, reserve: usize) -> Result<Bytes, BodyErr
 
 /// The middleware on every route (the fallback included): size, budget, deadline; the
 /// handler gets the whole body, already read.
-pub async fn guard(State(api): State<Api>, req: Request, next: Next) -> Response {
+pub async fn guard(State(intake): State<IntakeState>, req: Request, next: Next) -> Response {
     let (limit, rule) = limit_of(req.uri().path());
     let declared = req
         .headers()
@@ -90,7 +90,7 @@ pub async fn guard(State(api): State<Api>, req: Request, next: Next) -> Response
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > limit as u64) {
         let msg = format!("body is {n} bytes, the limit is {limit}");
-        return refuse(&api, StatusCode::PAYLOAD_TOO_LARGE, rule, msg);
+        return refuse(&intake, StatusCode::PAYLOAD_TOO_LARGE, rule, msg);
     }
     // Hyper refuses a malformed length itself; what is left is a length within the limit or
     // a chunked body (read up to the limit).
@@ -98,14 +98,14 @@ pub async fn guard(State(api): State<Api>, req: Request, next: Next) -> Response
     let empty = declared == Some(0) || axum::body::HttpBody::is_end_stream(req.body());
     let _held: Option<OwnedSemaphorePermit> = if limit > MAX_BODY_BYTES && !empty {
         let want = u32::try_from(expect).unwrap_or(u32::MAX);
-        let wait = api.limits.queue_wait;
-        match tokio::time::timeout(wait, api.budget.0.clone().acquire_many_owned(want)).await {
+        let wait = intake.limits.queue_wait;
+        match tokio::time::timeout(wait, intake.budget.0.clone().acquire_many_owned(want)).await {
             Ok(Ok(p)) => Some(p),
             _ => {
                 let msg = format!(
                     "no room for a body of {expect} bytes within {wait:?}: the agent is busy with other batches"
                 );
-                return busy(&api, "busy", msg);
+                return busy(&intake, "busy", msg);
             }
         }
     } else {
@@ -117,20 +117,20 @@ pub async fn guard(State(api): State<Api>, req: Request, next: Next) -> Response
     } else {
         declared.map_or(CHUNKED_START.min(limit), |n| n as usize)
     };
-    let timeout = api.limits.body_timeout;
+    let timeout = intake.limits.body_timeout;
     let bytes = match tokio::time::timeout(timeout, read(body, limit, reserve)).await {
         Ok(Ok(b)) => b,
         Ok(Err(BodyError::TooLarge(n))) => {
             let msg = format!("body is over {limit} bytes ({n} so far)");
-            return refuse(&api, StatusCode::PAYLOAD_TOO_LARGE, rule, msg);
+            return refuse(&intake, StatusCode::PAYLOAD_TOO_LARGE, rule, msg);
         }
         Ok(Err(BodyError::Broken(e))) => {
             let msg = format!("the body could not be read: {e}");
-            return refuse(&api, StatusCode::BAD_REQUEST, "body_unreadable", msg);
+            return refuse(&intake, StatusCode::BAD_REQUEST, "body_unreadable", msg);
         }
         Err(_) => {
             let msg = format!("the body was not sent within {timeout:?}");
-            return refuse(&api, StatusCode::REQUEST_TIMEOUT, "body_timeout", msg);
+            return refuse(&intake, StatusCode::REQUEST_TIMEOUT, "body_timeout", msg);
         }
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))

@@ -29,9 +29,10 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// What the HTTP handlers share.
+/// The intake's shared state: what every HTTP handler reads (deposit queue, metrics, views,
+/// followed subjects, limits) and the readiness flags.
 #[derive(Clone, Debug)]
-pub struct Api {
+pub struct IntakeState {
     pub depositor: Depositor,
     pub metrics: Arc<Metrics>,
     pub views: Views,
@@ -46,8 +47,8 @@ pub struct Api {
     pub budget: limits::BodyBudget,
 }
 
-fn refuse(api: &Api, code: StatusCode, rule: &'static str, error: String) -> Response {
-    api.metrics.refused(rule);
+fn refuse(intake: &IntakeState, code: StatusCode, rule: &'static str, error: String) -> Response {
+    intake.metrics.refused(rule);
     (code, axum::Json(json!({ "error": error, "rule": rule }))).into_response()
 }
 
@@ -105,7 +106,7 @@ type Refusal = (StatusCode, &'static str, String);
 /// the hop limit, then re-encoded in the seed's form (what leaves the device is exactly the
 /// checked packet).
 fn check<'a>(
-    api: &Api,
+    intake: &IntakeState,
     body: &[u8],
     get: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<Checked, Refusal> {
@@ -114,12 +115,12 @@ fn check<'a>(
     let (kind, hops) = PacketMeta::kind_and_hops(&get)
         .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.rule(), e.to_string()))?;
     let (subject, max_hops) = {
-        let subjects = api
+        let subjects = intake
             .subjects
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let subject = address_for(&api.prefix, &subjects, &packet);
-        let max_hops = hop_limit(&subjects, &subject).unwrap_or(api.max_hops);
+        let subject = address_for(&intake.prefix, &subjects, &packet);
+        let max_hops = hop_limit(&subjects, &subject).unwrap_or(intake.max_hops);
         (subject, max_hops)
     };
     if kind == PacketKind::Synthesis && hops > max_hops {
@@ -142,26 +143,27 @@ fn check<'a>(
 }
 
 /// The answer when the deposit queue did not take the packets.
-fn not_queued(api: &Api, e: SendError, n: usize) -> Response {
+fn not_queued(intake: &IntakeState, e: SendError, n: usize) -> Response {
     match e {
         SendError::Full => {
             let msg = format!(
                 "the deposit queue had no room for {n} packet(s) within {:?}; nothing was deposited",
-                api.limits.queue_wait
+                intake.limits.queue_wait
             );
-            limits::busy(api, "queue_full", msg)
+            limits::busy(intake, "queue_full", msg)
         }
         SendError::Stopped => shutting_down(),
     }
 }
 
 /// The answer when the packets were queued but not all kept: the first `accepted` are.
-fn not_kept(api: &Api, e: KeepError, n: usize) -> Response {
+fn not_kept(intake: &IntakeState, e: KeepError, n: usize) -> Response {
     match e {
-        KeepError::Queue(e) => not_queued(api, e, n),
+        KeepError::Queue(e) => not_queued(intake, e, n),
         KeepError::Unwritable { accepted, error } => {
-            api.metrics.packets_in.inc_by(accepted as u64);
-            api.metrics
+            intake.metrics.packets_in.inc_by(accepted as u64);
+            intake
+                .metrics
                 .packets_refused
                 .get_or_create(&crate::metrics::RuleLabel {
                     rule: KeepError::UNWRITABLE,
@@ -194,26 +196,30 @@ fn shutting_down() -> Response {
         .into_response()
 }
 
-async fn post_outcome(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Response {
-    if !api.accepting.load(Ordering::Relaxed) {
+async fn post_outcome(
+    State(intake): State<IntakeState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !intake.accepting.load(Ordering::Relaxed) {
         return shutting_down();
     }
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let c = match check(&api, &body, get) {
+    let c = match check(&intake, &body, get) {
         Ok(c) => c,
-        Err((code, rule, msg)) => return refuse(&api, code, rule, msg),
+        Err((code, rule, msg)) => return refuse(&intake, code, rule, msg),
     };
     let id = c.meta.id.clone();
     let entry = Entry::new(c.subject.clone(), &c.canonical, &c.meta);
-    if let Err(e) = api
+    if let Err(e) = intake
         .depositor
-        .keep_within(vec![entry], api.limits.queue_wait)
+        .keep_within(vec![entry], intake.limits.queue_wait)
         .await
     {
         // 202 only once the packet is kept (acknowledged by JetStream or in the outbox).
-        return not_kept(&api, e, 1);
+        return not_kept(&intake, e, 1);
     }
-    api.metrics.packets_in.inc();
+    intake.metrics.packets_in.inc();
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({ "id": id, "subject": c.subject })),
@@ -230,13 +236,18 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// nothing. Every line is checked first; if any breaks a rule, nothing is deposited and the
 /// answer names the refused lines (the first's status and rule). Otherwise all are deposited
 /// in order: 202 with their ids.
-async fn post_batch(State(api): State<Api>, body: Bytes) -> Response {
-    if !api.accepting.load(Ordering::Relaxed) {
+async fn post_batch(State(intake): State<IntakeState>, body: Bytes) -> Response {
+    if !intake.accepting.load(Ordering::Relaxed) {
         return shutting_down();
     }
     if body.len() > MAX_BATCH_BYTES {
         let msg = format!("a batch of {} bytes is over {MAX_BATCH_BYTES}", body.len());
-        return refuse(&api, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", msg);
+        return refuse(
+            &intake,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            msg,
+        );
     }
     // Lines are walked twice (counted, then checked), never collected: what the batch holds
     // is its body, the checked packets (at most 1000, each under 1 KiB) and 10 refusals.
@@ -249,7 +260,12 @@ async fn post_batch(State(api): State<Api>, body: Bytes) -> Response {
     let count = lines().take(MAX_BATCH_PACKETS + 1).count();
     if count > MAX_BATCH_PACKETS {
         let msg = format!("a batch of more than {MAX_BATCH_PACKETS} packets");
-        return refuse(&api, StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large", msg);
+        return refuse(
+            &intake,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            msg,
+        );
     }
     let mut entries = Vec::with_capacity(count);
     let mut ids = Vec::with_capacity(count);
@@ -258,14 +274,14 @@ async fn post_batch(State(api): State<Api>, body: Bytes) -> Response {
     let mut first: Option<(StatusCode, &'static str)> = None;
     for (n, line) in lines() {
         // Lines carry outcome packets: no per-line headers, so none from the request either.
-        match check(&api, line, |_| None) {
+        match check(&intake, line, |_| None) {
             Ok(c) if first.is_none() => {
                 ids.push(c.meta.id.clone());
                 entries.push(Entry::new(c.subject, &c.canonical, &c.meta));
             }
             Ok(_) => {}
             Err((code, rule, msg)) => {
-                api.metrics.refused(rule);
+                intake.metrics.refused(rule);
                 refused_count += 1;
                 first.get_or_insert((code, rule));
                 if refused.len() < 10 {
@@ -287,15 +303,15 @@ async fn post_batch(State(api): State<Api>, body: Bytes) -> Response {
     }
     // All or none: the queue takes every packet of the batch within the wait, or none.
     let n = entries.len();
-    if let Err(e) = api
+    if let Err(e) = intake
         .depositor
-        .keep_within(entries, api.limits.queue_wait)
+        .keep_within(entries, intake.limits.queue_wait)
         .await
     {
         // 202 only once every packet is kept (acknowledged by JetStream or in the outbox).
-        return not_kept(&api, e, n);
+        return not_kept(&intake, e, n);
     }
-    api.metrics.packets_in.inc_by(n as u64);
+    intake.metrics.packets_in.inc_by(n as u64);
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({"accepted": ids.len(), "ids": ids})),
@@ -320,8 +336,8 @@ fn view_json(name: &str, v: &crate::subject_worker::View) -> serde_json::Value {
     })
 }
 
-async fn all_consensus(State(api): State<Api>) -> Response {
-    let views = api
+async fn all_consensus(State(intake): State<IntakeState>) -> Response {
+    let views = intake
         .views
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -334,8 +350,8 @@ async fn all_consensus(State(api): State<Api>) -> Response {
     .into_response()
 }
 
-async fn one_consensus(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    let views = api
+async fn one_consensus(State(intake): State<IntakeState>, Path(name): Path<String>) -> Response {
+    let views = intake
         .views
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -349,8 +365,8 @@ async fn one_consensus(State(api): State<Api>, Path(name): Path<String>) -> Resp
     }
 }
 
-async fn ready(State(api): State<Api>) -> Response {
-    let views = api
+async fn ready(State(intake): State<IntakeState>) -> Response {
+    let views = intake
         .views
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -359,7 +375,7 @@ async fn ready(State(api): State<Api>) -> Response {
         .values()
         .filter(|v| v.invalid.is_none())
         .all(|v| v.bound);
-    if api.connected.load(Ordering::Relaxed) && all_bound {
+    if intake.connected.load(Ordering::Relaxed) && all_bound {
         (StatusCode::OK, "ready").into_response()
     } else {
         let unbound: Vec<&String> = views
@@ -367,7 +383,7 @@ async fn ready(State(api): State<Api>) -> Response {
             .filter(|(_, v)| !v.bound && v.invalid.is_none())
             .map(|(n, _)| n)
             .collect();
-        let connected = api.connected.load(Ordering::Relaxed);
+        let connected = intake.connected.load(Ordering::Relaxed);
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("connected: {connected}; unbound subjects: {unbound:?}"),
@@ -376,14 +392,14 @@ async fn ready(State(api): State<Api>) -> Response {
     }
 }
 
-async fn no_route(State(api): State<Api>, uri: axum::http::Uri) -> Response {
+async fn no_route(State(intake): State<IntakeState>, uri: axum::http::Uri) -> Response {
     let msg = format!("no route {}", uri.path());
-    refuse(&api, StatusCode::NOT_FOUND, "no_route", msg)
+    refuse(&intake, StatusCode::NOT_FOUND, "no_route", msg)
 }
 
 /// Every route, each behind [`limits::guard`] (which reads the body: the extractors below
 /// never see more than the route's limit).
-pub fn router(api: Api) -> Router {
+pub fn router(intake: IntakeState) -> Router {
     Router::new()
         .route("/v1/outcomes", post(post_outcome))
         .route(limits::BATCH_ROUTE, post(post_batch))
@@ -393,14 +409,14 @@ pub fn router(api: Api) -> Router {
         .route("/readyz", get(ready))
         .route(
             "/metrics",
-            get(|State(api): State<Api>| async move { api.metrics.render() }),
+            get(|State(intake): State<IntakeState>| async move { intake.metrics.render() }),
         )
         .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(
-            api.clone(),
+            intake.clone(),
             limits::guard,
         ))
-        .with_state(api)
+        .with_state(intake)
 }
 
 #[cfg(test)]

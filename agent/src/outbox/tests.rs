@@ -1,3 +1,7 @@
+//! Unit tests of the outbox: order across reopen, the count and byte bounds, torn and garbled
+//! lines, the delivered mark and compaction into the next generation, the old log format,
+//! and every fsync policy.
+
 use super::*;
 use std::io::Write;
 

@@ -82,6 +82,39 @@ impl<B, F> WorkerState<B, F> {
     pub fn is_standby(&self) -> bool {
         matches!(self, WorkerState::Standby { .. })
     }
+
+    /// What the local view shows of this state: one answer per state, so the view cannot
+    /// say standby once the worker is active again, whatever event made it so.
+    pub fn shown(&self) -> Shown {
+        Shown {
+            bound: matches!(
+                self,
+                WorkerState::Active { .. } | WorkerState::Standby { .. }
+            ),
+            standby: self.is_standby(),
+        }
+    }
+}
+
+/// The transition `state` → `state.on(event)`, with `view` made to show the state reached
+/// (derived from the state, not from the event, so no transition can leave it stale).
+pub fn follow<B, F>(
+    view: &mut Shown,
+    state: WorkerState<B, F>,
+    event: Event<B, F>,
+) -> WorkerState<B, F> {
+    let next = state.on(event);
+    *view = next.shown();
+    next
+}
+
+/// The part of a subject's local view that follows from the worker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Shown {
+    /// The durable consumer is bound (active or standby).
+    pub bound: bool,
+    /// Another replica is pinned: this one follows the stream.
+    pub standby: bool,
 }
 
 #[cfg(test)]
@@ -162,6 +195,41 @@ mod tests {
             bound("c").on(Event::Pinned),
             WorkerState::Active { bound: "c" }
         );
+    }
+
+    #[test]
+    fn a_standby_worker_whose_follower_ends_is_shown_active() {
+        let standby = bound("c").on(Event::PinnedElsewhere("f"));
+        let shown_standby = Shown {
+            bound: true,
+            standby: true,
+        };
+        assert_eq!(standby.shown(), shown_standby);
+        let mut view = shown_standby;
+        let active = follow(&mut view, standby, Event::FollowerEnded);
+        assert_eq!(active, WorkerState::Active { bound: "c" });
+        assert_eq!(view, active.shown());
+        assert!(!view.standby, "an active worker is not shown on standby");
+    }
+
+    #[test]
+    fn every_transition_leaves_the_view_showing_the_new_state() {
+        let standby = || bound("c").on(Event::PinnedElsewhere("f"));
+        let cases: Vec<(State, Event<&'static str, &'static str>)> = vec![
+            (State::start(), Event::Bound("c")),
+            (State::start(), Event::BindFailed),
+            (bound("c"), Event::PinnedElsewhere("f")),
+            (bound("c"), Event::DurableEnded),
+            (standby(), Event::Pinned),
+            (standby(), Event::FollowerEnded),
+            (standby(), Event::DurableEnded),
+            (standby(), Event::Stop),
+        ];
+        for (state, event) in cases {
+            let mut view = state.shown();
+            let next = follow(&mut view, state, event);
+            assert_eq!(view, next.shown(), "after reaching {next:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use super::consumers::{self, BoundConsumer};
 use super::message::{self, Delivery, Reply};
 use super::publish::{self, count_evictions, synthesis_packet};
-use super::state::{Event, WorkerState};
+use super::state::{self, Event, Shown, WorkerState};
 use super::{PRIORITY_GROUP, SubjectSpec, WorkerContext, now, set_view};
 use crate::metrics::SubjectLabel;
 use crate::outbox::Entry;
@@ -64,6 +64,8 @@ pub struct Worker {
     max_hops: u8,
     publish_every: Duration,
     stop: watch::Receiver<bool>,
+    /// What the local view shows of the state (written when it changes).
+    shown: Shown,
 }
 
 impl Worker {
@@ -94,6 +96,7 @@ impl Worker {
             max_hops: resolved.max_hops,
             publish_every: resolved.publish_interval,
             stop,
+            shown: Shown::default(),
         }
     }
 
@@ -109,11 +112,25 @@ impl Worker {
         }
     }
 
+    /// The next state after `event`, with the local view showing it.
+    fn go(&mut self, state: State, event: Event<Bound, pull::Ordered>) -> State {
+        let before = self.shown;
+        let next = state::follow(&mut self.shown, state, event);
+        if self.shown != before {
+            let Shown { bound, standby } = self.shown;
+            set_view(&self.ctx, &self.spec.name, |v| {
+                v.bound = bound;
+                v.standby = standby;
+            });
+        }
+        next
+    }
+
     /// Binding: rebuild the window and bind the durable consumer; on failure wait `retry`.
     async fn bind(&mut self, retry: Duration) -> State {
         let binding = State::Binding { retry };
         if *self.stop.borrow() {
-            return binding.on(Event::Stop);
+            return self.go(binding, Event::Stop);
         }
         let (ctx, spec) = (&self.ctx, &self.spec);
         let bound = consumers::bind(
@@ -126,17 +143,13 @@ impl Worker {
         match bound.await {
             Ok(b) => {
                 tracing::info!(subject = %spec.name, consumer = %self.consumer_name, rebuilt = b.rebuilt, "bound");
-                set_view(ctx, &spec.name, |v| {
-                    v.bound = true;
-                    v.standby = false;
-                });
-                binding.on(Event::Bound(Bound::new(b)))
+                self.go(binding, Event::Bound(Bound::new(b)))
             }
             Err(e) => {
                 tracing::warn!(subject = %spec.name, error = %e, ?retry, "cannot bind the consumer yet; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(retry) => binding.on(Event::BindFailed),
-                    _ = self.stop.changed() => binding.on(Event::Stop),
+                    _ = tokio::time::sleep(retry) => self.go(binding, Event::BindFailed),
+                    _ = self.stop.changed() => self.go(binding, Event::Stop),
                 }
             }
         }
@@ -155,16 +168,13 @@ impl Worker {
         };
         let name = &self.spec.name;
         match wake {
-            Wake::Stop => state.on(Event::Stop),
+            Wake::Stop => self.go(state, Event::Stop),
             Wake::Durable(Some(Ok(msg))) => self.durable_message(state, msg).await,
             Wake::Durable(Some(Err(e))) => {
                 tracing::debug!(subject = %name, error = %e, "pull");
                 state
             }
-            Wake::Durable(None) => {
-                set_view(&self.ctx, name, |v| v.bound = false);
-                state.on(Event::DurableEnded)
-            }
+            Wake::Durable(None) => self.go(state, Event::DurableEnded),
             Wake::Follower(Some(Ok(msg))) => {
                 if let Some((bound, _)) = state.bound_mut() {
                     self.receive(bound, &msg, Delivery::Follower).await;
@@ -176,7 +186,7 @@ impl Worker {
                 state
             }
             // Made again at the next look at the consumer, if still on standby.
-            Wake::Follower(None) => state.on(Event::FollowerEnded),
+            Wake::Follower(None) => self.go(state, Event::FollowerEnded),
             Wake::Tick => self.tick(state).await,
         }
     }
@@ -188,8 +198,7 @@ impl Worker {
         let pin = pin.map(|p| p.as_str().to_owned());
         let mut state = if state.is_standby() {
             tracing::info!(subject = %self.spec.name, "pinned: active for the site");
-            set_view(&self.ctx, &self.spec.name, |v| v.standby = false);
-            state.on(Event::Pinned)
+            self.go(state, Event::Pinned)
         } else {
             state
         };
@@ -245,10 +254,7 @@ impl Worker {
             return state;
         }
         match self.follower(bound.last_seq).await {
-            Some(follower) => {
-                set_view(&self.ctx, &self.spec.name, |v| v.standby = true);
-                state.on(Event::PinnedElsewhere(follower))
-            }
+            Some(follower) => self.go(state, Event::PinnedElsewhere(follower)),
             None => state,
         }
     }
