@@ -4,6 +4,7 @@
 //! report interval and only when its consensus changed (compared without `updatedAt`), with
 //! field manager `qis-agent`, touching nothing else of the status.
 
+use crate::consensus_events::Announcer;
 use crate::metrics::Metrics;
 use crate::subject_worker::Views;
 use crate::synthesis::Snapshot;
@@ -30,6 +31,9 @@ pub struct Reporter {
     pub interval: Duration,
     /// Whether the agent's NATS connection is up: a reporter without it gives the lease up.
     pub connected: Arc<AtomicBool>,
+    /// Least time between two alert Events of one subject
+    /// ([`crate::consensus_events::DEFAULT_GAP`]).
+    pub event_gap: Duration,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -53,6 +57,7 @@ pub fn consensus(s: &Snapshot, site: &str, agent: &str) -> Consensus {
         strength: round3(s.strength),
         weighted_confidence: round3(s.weighted_confidence),
         agents: s.agents,
+        agreeing_agents: s.agreeing_agents,
         packets: s.packets,
         synthesis_pairs: s.synthesis_pairs,
         dispersion: round3(s.dispersion),
@@ -93,12 +98,21 @@ impl Reporter {
         );
         let api: Api<QisSubject> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut written: HashMap<String, Consensus> = HashMap::new();
+        let recorder = kube::runtime::events::Recorder::new(
+            self.client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "qis-agent".into(),
+                instance: Some(self.identity.clone()),
+            },
+        );
+        let mut announcer = Announcer::new(recorder, api.clone(), self.event_gap);
         let mut tick = tokio::time::interval(self.interval);
         let mut holding = false;
         let mut unfit_ticks = 0u32;
         loop {
             tokio::select! {
                 _ = stop.changed() => {
+                    metrics.consensus.set_exporting(false);
                     if holding && let Err(e) = lock.release(&self.client).await {
                         tracing::warn!(error = %e, "cannot release the reporter lease");
                     }
@@ -114,20 +128,27 @@ impl Reporter {
                     tracing::info!(
                         "no NATS connection or no subject bound: giving the reporter lease up"
                     );
+                    metrics.consensus.set_exporting(false);
                     match lock.release(&self.client).await {
                         Ok(()) => holding = false,
                         Err(e) => tracing::warn!(error = %e, "cannot release the reporter lease"),
                     }
                     written.clear();
+                    announcer.forget();
                 }
                 continue;
             }
             let attempted = tokio::time::Instant::now();
             match lock.try_once(&self.client).await {
-                Ok(Attempt::Held) => holding = true,
+                Ok(Attempt::Held) => {
+                    holding = true;
+                    metrics.consensus.set_exporting(true);
+                }
                 Ok(Attempt::HeldByOther(_)) => {
                     holding = false;
+                    metrics.consensus.set_exporting(false);
                     written.clear();
+                    announcer.forget();
                     continue;
                 }
                 Err(e) => {
@@ -150,11 +171,16 @@ impl Reporter {
             };
             for (name, c) in current {
                 if written.get(&name) == Some(&c) {
+                    // A flip held back by the Event gap is announced once the gap has passed.
+                    bounded(lock.deadline(), announcer.announce(&name, &c)).await;
                     continue;
                 }
                 // Writes stop before the lease could have passed to another agent.
                 if attempted.elapsed() + lock.deadline() >= lock.lease_duration {
                     break;
+                }
+                if !written.contains_key(&name) {
+                    bounded(lock.deadline(), announcer.seed(&name)).await;
                 }
                 let mut stamped = c.clone();
                 stamped.updated_at = k8s_openapi::jiff::Timestamp::now().to_string();
@@ -165,6 +191,7 @@ impl Reporter {
                 match tokio::time::timeout(lock.deadline(), write).await {
                     Ok(Ok(_)) => {
                         metrics.status_writes.inc();
+                        bounded(lock.deadline(), announcer.announce(&name, &c)).await;
                         written.insert(name, c);
                     }
                     Ok(Err(e)) => {
@@ -177,5 +204,12 @@ impl Reporter {
                 }
             }
         }
+    }
+}
+
+/// Runs `f` for at most `limit` (an API call of the reporter must not outlast its lease).
+async fn bounded<T>(limit: Duration, f: impl std::future::Future<Output = T>) {
+    if tokio::time::timeout(limit, f).await.is_err() {
+        tracing::warn!("the API server did not answer in time");
     }
 }

@@ -113,10 +113,71 @@ fn metric_names<'a>(exprs: impl IntoIterator<Item = &'a str>) -> BTreeSet<String
 }
 
 /// Every series name the agent and the operator can export (counters with `_total`,
-/// histograms with their `_bucket`, `_sum` and `_count`), read from their registries.
+/// histograms with their `_bucket`, `_sum` and `_count`), read from their registries. A family
+/// is encoded only once it has a series, so each labelled family gets one here: a family added
+/// later and used by a rule shows up as missing until it is added below.
 fn exported_names() -> BTreeSet<String> {
-    let text = qis_agent::metrics::Metrics::default().render()
-        + &qis_operator::metrics::Metrics::default().render();
+    use qis_agent::metrics as agent;
+    use qis_operator::metrics as operator;
+    let a = agent::Metrics::default();
+    a.refused("oversize");
+    let subject = || agent::SubjectLabel {
+        subject: "bearing".into(),
+    };
+    a.consumer_lag.get_or_create(&subject()).set(1);
+    a.synthesis_evictions
+        .get_or_create(&agent::EvictionLabel {
+            subject: "bearing".into(),
+            reason: "voters",
+        })
+        .inc();
+    a.consensus.set_exporting(true);
+    a.consensus.sync(&std::collections::BTreeMap::from([(
+        "bearing".to_owned(),
+        qis_agent::subject_worker::View {
+            snapshot: Some(qis_agent::synthesis::Snapshot {
+                problem: "iot.bearing-wear".into(),
+                strength: 1.0,
+                weighted_confidence: 1.0,
+                agents: 1,
+                agreeing_agents: 1,
+                newest: 1.0,
+                packets: 1,
+                synthesis_pairs: 0,
+                dispersion: 0.0,
+                effective_n: 1.0,
+                alert: true,
+                recommendation: String::new(),
+            }),
+            ..Default::default()
+        },
+    )]));
+    let o = operator::Metrics::default();
+    let kind = operator::KindLabel { kind: "swarm" };
+    o.reconciles.get_or_create(&kind).inc();
+    o.drift_reverted.get_or_create(&kind).inc();
+    o.observe("swarm", std::time::Duration::from_millis(1));
+    o.errors
+        .get_or_create(&operator::ErrorLabels {
+            kind: "swarm",
+            reason: "NatsUnavailable",
+        })
+        .inc();
+    o.api_writes
+        .get_or_create(&operator::WriteLabels {
+            kind: "swarm",
+            what: "status",
+        })
+        .inc();
+    o.sites.record(
+        "factory",
+        "campus",
+        &[qis_crds::SiteStatus {
+            name: "a".into(),
+            ..Default::default()
+        }],
+    );
+    let text = a.render() + &o.render();
     let mut names = BTreeSet::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();

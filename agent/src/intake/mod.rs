@@ -320,6 +320,18 @@ fn view_json(name: &str, v: &crate::subject_worker::View) -> serde_json::Value {
     })
 }
 
+/// The metrics text, the consensus gauges brought up to the views first.
+fn render_metrics(api: &Api) -> String {
+    {
+        let views = api
+            .views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        api.metrics.consensus.sync(&views);
+    }
+    api.metrics.render()
+}
+
 async fn all_consensus(State(api): State<Api>) -> Response {
     let views = api
         .views
@@ -393,7 +405,7 @@ pub fn router(api: Api) -> Router {
         .route("/readyz", get(ready))
         .route(
             "/metrics",
-            get(|State(api): State<Api>| async move { api.metrics.render() }),
+            get(|State(api): State<Api>| async move { render_metrics(&api) }),
         )
         .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(
