@@ -11,6 +11,8 @@
 
 pub mod cluster;
 pub mod config;
+pub mod consensus_events;
+pub mod consensus_metrics;
 pub mod contain;
 pub mod deposit;
 pub mod intake;

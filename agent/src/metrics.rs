@@ -57,6 +57,8 @@ pub struct Metrics {
     pub synthesis_evictions: Family<EvictionLabel, Counter>,
     /// Open intake connections.
     pub intake_connections: Gauge,
+    /// Each subject's consensus (exported by one agent of the swarm).
+    pub consensus: crate::consensus_metrics::ConsensusMetrics,
     pub registry: Registry,
 }
 
@@ -79,8 +81,10 @@ impl Default for Metrics {
             subjects_refused: Counter::default(),
             synthesis_evictions: Family::default(),
             intake_connections: Gauge::default(),
+            consensus: Default::default(),
             registry: Registry::default(),
         };
+        m.consensus.register(&mut registry);
         m.register_packets(&mut registry);
         m.register_twins(&mut registry);
         m.register_outbox(&mut registry);

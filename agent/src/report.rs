@@ -4,6 +4,7 @@
 //! report interval and only when its consensus changed (compared without `updatedAt`), with
 //! field manager `qis-agent`, touching nothing else of the status.
 
+use crate::consensus_events::Announcer;
 use crate::metrics::Metrics;
 use crate::subject_worker::Views;
 use crate::synthesis::Snapshot;
@@ -30,6 +31,9 @@ pub struct Reporter {
     pub interval: Duration,
     /// Whether the agent's NATS connection is up: a reporter without it gives the lease up.
     pub connected: Arc<AtomicBool>,
+    /// Least time between two alert Events of one subject
+    /// ([`crate::consensus_events::DEFAULT_GAP`]).
+    pub event_gap: Duration,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -53,6 +57,7 @@ pub fn consensus(s: &Snapshot, site: &str, agent: &str) -> Consensus {
         strength: round3(s.strength),
         weighted_confidence: round3(s.weighted_confidence),
         agents: s.agents,
+        agreeing_agents: s.agreeing_agents,
         packets: s.packets,
         synthesis_pairs: s.synthesis_pairs,
         dispersion: round3(s.dispersion),
@@ -132,10 +137,21 @@ struct Rounds {
     holding: bool,
     /// Ticks running on which this agent could not report.
     unfit_ticks: u32,
+    /// The alert Events of the subjects written while holding the lease.
+    announcer: Announcer,
 }
 
 impl Rounds {
     fn new(reporter: &Reporter, metrics: Arc<Metrics>) -> Rounds {
+        let subjects: Api<QisSubject> =
+            Api::namespaced(reporter.client.clone(), &reporter.namespace);
+        let recorder = kube::runtime::events::Recorder::new(
+            reporter.client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "qis-agent".into(),
+                instance: Some(reporter.identity.clone()),
+            },
+        );
         Rounds {
             lock: LeaseLock::new(
                 reporter.namespace.clone(),
@@ -144,11 +160,12 @@ impl Rounds {
                 reporter.interval * 3,
                 reporter.interval,
             ),
-            subjects: Api::namespaced(reporter.client.clone(), &reporter.namespace),
+            subjects: subjects.clone(),
             metrics,
             written: HashMap::new(),
             holding: false,
             unfit_ticks: 0,
+            announcer: Announcer::new(recorder, subjects, reporter.event_gap),
         }
     }
 
@@ -168,7 +185,7 @@ impl Rounds {
                     "no NATS connection or no subject bound: giving the reporter lease up"
                 );
                 self.release_if_held(&reporter.client).await;
-                self.written.clear();
+                self.forget();
             }
             return;
         }
@@ -181,10 +198,13 @@ impl Rounds {
     /// Takes or renews the lease; whether this agent holds it.
     async fn hold(&mut self, client: &Client) -> bool {
         match self.lock.try_once(client).await {
-            Ok(Attempt::Held) => self.holding = true,
+            Ok(Attempt::Held) => {
+                self.holding = true;
+                self.metrics.consensus.set_exporting(true);
+            }
             Ok(Attempt::HeldByOther(_)) => {
                 self.holding = false;
-                self.written.clear();
+                self.forget();
             }
             Err(e) => {
                 tracing::debug!(error = %e, "reporter lease");
@@ -194,7 +214,16 @@ impl Rounds {
         self.holding
     }
 
+    /// Another agent reports (or none): this one exports no consensus gauges and will seed
+    /// its Events from the status again when it next holds the lease.
+    fn forget(&mut self) {
+        self.metrics.consensus.set_exporting(false);
+        self.written.clear();
+        self.announcer.forget();
+    }
+
     async fn release_if_held(&mut self, client: &Client) {
+        self.metrics.consensus.set_exporting(false);
         if !self.holding {
             return;
         }
@@ -212,15 +241,22 @@ impl Rounds {
         attempted: tokio::time::Instant,
     ) {
         for (name, c) in current {
+            let deadline = self.lock.deadline();
             if self.written.get(&name) == Some(&c) {
+                // A flip held back by the Event gap is announced once the gap has passed.
+                bounded(deadline, self.announcer.announce(&name, &c)).await;
                 continue;
             }
-            if attempted.elapsed() + self.lock.deadline() >= self.lock.lease_duration {
+            if attempted.elapsed() + deadline >= self.lock.lease_duration {
                 break;
+            }
+            if !self.written.contains_key(&name) {
+                bounded(deadline, self.announcer.seed(&name)).await;
             }
             match self.write(&name, &c).await {
                 Written::Done => {
                     self.metrics.status_writes.inc();
+                    bounded(deadline, self.announcer.announce(&name, &c)).await;
                     self.written.insert(name, c);
                 }
                 Written::Failed => {}
@@ -248,5 +284,12 @@ impl Rounds {
                 Written::TimedOut
             }
         }
+    }
+}
+
+/// Runs `f` for at most `limit` (an API call of the reporter must not outlast its lease).
+async fn bounded<T>(limit: Duration, f: impl std::future::Future<Output = T>) {
+    if tokio::time::timeout(limit, f).await.is_err() {
+        tracing::warn!("the API server did not answer in time");
     }
 }

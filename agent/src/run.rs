@@ -176,6 +176,8 @@ async fn subject_source(
                 })
                 .collect();
             let (tx, rx) = watch::channel((specs, defaults.clone()));
+            // No other agent reports for a standalone one: it exports its consensus itself.
+            metrics.consensus.set_exporting(true);
             Ok((rx, Some(tx)))
         }
         Mode::Cluster { namespace, swarm } => {
@@ -190,6 +192,7 @@ async fn subject_source(
                 site: config.site.clone(),
                 interval: config.report_interval,
                 connected: connected.clone(),
+                event_gap: crate::consensus_events::DEFAULT_GAP,
             };
             tokio::spawn(reporter.run(views.clone(), metrics.clone(), stop.clone()));
             let source = crate::cluster::follow(

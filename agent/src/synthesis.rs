@@ -111,6 +111,10 @@ pub struct Snapshot {
     pub weighted_confidence: f64,
     /// Distinct agents (seed mode: packets, as the seed counts them).
     pub agents: u32,
+    /// Of those, the ones whose vote names `problem`.
+    pub agreeing_agents: u32,
+    /// Timestamp (seconds since the epoch, at most the agent's clock) of the newest vote.
+    pub newest: f64,
     /// Outcome packets in the window.
     pub packets: u64,
     pub synthesis_pairs: u64,
@@ -386,6 +390,7 @@ impl Synthesizer {
             .filter(|(v, _)| *v.problem == *problem)
             .map(|(v, w)| (v.confidence, *w))
             .collect();
+        let agreeing_agents = u32::try_from(agreeing.len()).unwrap_or(u32::MAX);
         let dispersion = iqr(agreeing.iter().map(|(c, _)| *c).collect());
         let effective_n = total * total / weights.iter().map(|w| w * w).sum::<f64>();
         let n = votes.len();
@@ -397,6 +402,8 @@ impl Synthesizer {
             strength: reported_strength,
             weighted_confidence: confidence,
             agents: u32::try_from(n).unwrap_or(u32::MAX),
+            agreeing_agents,
+            newest: reference,
             packets,
             synthesis_pairs: pairs(n),
             dispersion,

@@ -163,6 +163,8 @@ fn usable(c: &Config) -> Vec<String> {
         strength: 0.123456789,
         weighted_confidence: 0.987654321,
         agents: 100_000,
+        agreeing_agents: 100_000,
+        newest: 1.0e9,
         packets: u64::MAX,
         synthesis_pairs: u64::MAX,
         dispersion: 0.5,

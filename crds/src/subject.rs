@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         priority = 1
     ),
+    printcolumn(name = "Agreeing", type_ = "integer", json_path = ".status.consensus.agreeingAgents", priority = 1),
+    printcolumn(name = "Dispersion", type_ = "number", json_path = ".status.consensus.dispersion", priority = 1),
+    printcolumn(name = "Site", type_ = "string", json_path = ".status.consensus.reportingSite", priority = 1),
+    printcolumn(name = "Updated", type_ = "date", json_path = ".status.consensus.updatedAt", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')")
         .message("metadata.name must be a DNS label (lowercase letters, digits, '-'; at most 63 characters)"),
@@ -229,6 +233,10 @@ pub struct Consensus {
     // status made the whole subject unreadable).
     #[schemars(range(min = 0, max = 4294967295u32))]
     pub agents: u32,
+    /// Of those, the agents whose vote names `problem`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 4294967295u32))]
+    pub agreeing_agents: u32,
     /// Outcome packets in the window (all of them, not one per agent).
     pub packets: u64,
     /// Pairs of distinct agents, n(n-1)/2.

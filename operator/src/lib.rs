@@ -23,6 +23,7 @@ pub mod persistence;
 pub mod rbac;
 pub mod reconcile;
 pub mod run;
+pub mod site_metrics;
 pub mod sites;
 pub mod subject;
 pub mod swarm;

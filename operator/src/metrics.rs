@@ -35,6 +35,8 @@ pub struct Metrics {
     pub api_writes: Family<WriteLabels, Counter>,
     pub drift_reverted: Family<KindLabel, Counter>,
     pub leader: Gauge,
+    /// Agents desired and ready per site of each swarm.
+    pub sites: crate::site_metrics::SiteMetrics,
     pub registry: Registry,
 }
 
@@ -80,6 +82,8 @@ impl Default for Metrics {
             "1 when this replica holds the leader lease",
             leader.clone(),
         );
+        let sites = crate::site_metrics::SiteMetrics::default();
+        sites.register(&mut registry);
         Metrics {
             reconciles,
             errors,
@@ -87,6 +91,7 @@ impl Default for Metrics {
             api_writes,
             drift_reverted,
             leader,
+            sites,
             registry,
         }
     }

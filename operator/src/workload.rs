@@ -412,7 +412,7 @@ pub fn service_account(swarm: &QisSwarm) -> ServiceAccount {
 }
 
 /// What an agent may do: read its swarm and subjects, write subject status (the consensus),
-/// and hold Leases (one reporter per subject). Nothing else.
+/// hold Leases (one reporter per swarm) and record Events. Nothing else.
 pub fn agent_rules() -> Vec<PolicyRule> {
     let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![group.to_owned()]),
@@ -432,6 +432,8 @@ pub fn agent_rules() -> Vec<PolicyRule> {
             &["leases"],
             &["get", "list", "watch", "create", "update"],
         ),
+        // The reporter's ConsensusAlert / ConsensusCleared Events (patched when repeated).
+        rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]
 }
 

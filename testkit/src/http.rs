@@ -126,7 +126,9 @@ impl Http {
     }
 
     fn builder(timeout: Duration) -> reqwest::ClientBuilder {
-        reqwest::Client::builder().timeout(timeout).tcp_nodelay(true)
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .tcp_nodelay(true)
     }
 
     /// The server's base URL.

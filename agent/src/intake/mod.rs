@@ -336,6 +336,18 @@ fn view_json(name: &str, v: &crate::subject_worker::View) -> serde_json::Value {
     })
 }
 
+/// The metrics text, the consensus gauges brought up to the views first.
+fn render_metrics(intake: &IntakeState) -> String {
+    {
+        let views = intake
+            .views
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        intake.metrics.consensus.sync(&views);
+    }
+    intake.metrics.render()
+}
+
 async fn all_consensus(State(intake): State<IntakeState>) -> Response {
     let views = intake
         .views
@@ -409,7 +421,7 @@ pub fn router(intake: IntakeState) -> Router {
         .route("/readyz", get(ready))
         .route(
             "/metrics",
-            get(|State(intake): State<IntakeState>| async move { intake.metrics.render() }),
+            get(|State(intake): State<IntakeState>| async move { render_metrics(&intake) }),
         )
         .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(

@@ -43,6 +43,7 @@ pub async fn swarm(swarm: &QisSwarm, ctx: &Context) -> Result<Action, Error> {
     ctx.event(&reference, warning, reason, "DeleteSwarm", note)
         .await;
     ctx.pool.release(&key).await;
+    ctx.metrics.sites.forget(&ns, &swarm.name_any());
     Ok(Action::await_change())
 }
 

@@ -45,6 +45,11 @@ async fn reconcile(swarm: &QisSwarm, ctx: &Context) -> Result<Action, Error> {
     let desired = build::swarm(&v, found.nodes, &ctx.config.defaults);
     let applied = apply::swarm(&v, ctx, found.jetstream, desired).await;
     let new = status::next(swarm, &v.prefix, v.discovery_disabled, &applied, now());
+    if let Some(in_force) = new.as_ref().or(swarm.status.as_ref()) {
+        ctx.metrics
+            .sites
+            .record(&v.namespace, &v.name, &in_force.sites);
+    }
     write(ctx, swarm, new).await?;
     outcome(applied, ctx.config.resync)
 }
