@@ -26,6 +26,9 @@ command -v file >/dev/null 2>&1 || missing="$missing file"
 command -v clang >/dev/null 2>&1 || missing="$missing clang"
 command -v llvm-ar >/dev/null 2>&1 || missing="$missing llvm"
 command -v qemu-aarch64-static >/dev/null 2>&1 || missing="$missing qemu-user-static"
+# promtool checks and unit-tests the chart's alert rules and dashboard queries (Debian
+# package prometheus; the tests run only promtool).
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
   # shellcheck disable=SC2086
   (apt-get update -qq && apt-get install -y -qq $missing) >/dev/null 2>&1 || echo "warning: could not install$missing" >&2

@@ -13,6 +13,9 @@ groups:
     # short overlap while the reporter lease moves.
     expr: max by (namespace, swarm, subject) (qis_agent_consensus_alert) == 1
     for: {{ $r.consensusAlertFor }}
+    # A reporter handover can leave no exporter for a scrape or two (up to the lease, three
+    # report intervals): a firing alert rides that out instead of resolving and pending again.
+    keep_firing_for: {{ $r.consensusAlertKeepFiringFor }}
     labels:
       severity: {{ $r.consensusAlertSeverity }}
     annotations:
