@@ -70,13 +70,23 @@ async fn operator_killed_mid_reconcile_converges_without_orphans() {
         .flat_map(|i| ["a", "b"].map(|s| format!("s{i:03}_{s}")))
         .collect();
     want.sort();
-    let got = consumer_names(&js, &c.stream("plant")).await;
-    let extra: Vec<_> = got.iter().filter(|n| !want.contains(n)).collect();
-    let missing: Vec<_> = want.iter().filter(|n| !got.contains(n)).collect();
-    assert!(
-        extra.is_empty() && missing.is_empty(),
-        "orphaned consumers {extra:?}; missing {missing:?}"
-    );
+    // Subjects Ready before the kill are reconciled again by the new operator in any order;
+    // the consumers must converge to exactly the wanted set (no orphan, none missing).
+    let differences = || async {
+        let got = consumer_names(&js, &c.stream("plant")).await;
+        let extra: Vec<String> = got.iter().filter(|n| !want.contains(n)).cloned().collect();
+        let missing: Vec<String> = want.iter().filter(|n| !got.contains(n)).cloned().collect();
+        (extra, missing)
+    };
+    let converged = qis_testkit::poll_for(WAIT, || async {
+        let (extra, missing) = differences().await;
+        (extra.is_empty() && missing.is_empty()).then_some(())
+    })
+    .await;
+    if converged.is_none() {
+        let (extra, missing) = differences().await;
+        panic!("orphaned consumers {extra:?}; missing {missing:?}");
+    }
     for i in 0..100 {
         c.subjects()
             .delete(&format!("s{i:03}"), &DeleteParams::default())
