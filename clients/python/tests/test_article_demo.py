@@ -5,7 +5,10 @@ import ast
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+
+from conftest import eventually
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "article_demo.py"
 
@@ -28,6 +31,24 @@ def test_the_article_demo_runs_through_the_facade(agent):
     assert (s["n_agents"], s["synthesis_pairs"], s["alert"]) == ("2", "1", "True")
     assert 0.5 <= float(s["weighted_confidence"]) <= 0.87
     assert "Deposited to qis.iot.hvac.energy-anomaly" in run.stdout
+    # The same consensus is in the agent's Prometheus metrics (a standalone agent exports it).
+    gauges = eventually("the consensus gauges of hvac-energy", lambda: consensus_gauges(agent.url))
+    assert (gauges["alert"], gauges["agents"], gauges["agreeing_agents"]) == (1.0, 2.0, 2.0)
+    assert abs(gauges["confidence"] - float(s["weighted_confidence"])) < 0.001
+
+
+def consensus_gauges(url):
+    """The `qis_agent_consensus_*{subject="hvac-energy"}` samples of the agent's /metrics by
+    short name, or None while it has none."""
+    with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+        text = r.read().decode()
+    prefix, label = "qis_agent_consensus_", '{subject="hvac-energy"}'
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(prefix) and name.endswith(label):
+            found[name[len(prefix):-len(label)]] = float(value)
+    return found or None
 
 
 def test_the_demo_differs_from_an_article_program_only_in_its_import():
