@@ -4,11 +4,14 @@
 //!
 //! Refusals answer with `{"error": …, "rule": …}` and are counted by rule: 413 for a body
 //! over 512 bytes, 400 for a body that is not the seed's object, 422 for a value that breaks a
-//! rule (including a synthesis packet over the hop limit), and for hostile clients the limits
+//! rule (including a synthesis packet over the hop limit and a timestamp outside the time
+//! bounds of [`clock`]: `clock_unset`, `timestamp_in_future`, `timestamp_too_old`), and for
+//! hostile clients the limits
 //! of [`limits`] (size on every route, body deadline, batch budget) and [`server`]
 //! (connection cap, header deadline), and 503 with `Retry-After` when the deposit queue has no
 //! room within `queueWait`.
 
+pub mod clock;
 pub mod limits;
 pub mod server;
 
@@ -41,6 +44,8 @@ pub struct IntakeState {
     /// Hop limit of synthesis packets to an address no subject follows (each followed address
     /// takes the largest `maxHops` of the subjects that follow it).
     pub max_hops: u8,
+    /// Time bounds of a packet when the agent follows no subject (its synthesis defaults).
+    pub time_bounds: clock::TimeBounds,
     pub connected: Arc<AtomicBool>,
     pub accepting: Arc<AtomicBool>,
     pub limits: IntakeLimits,
@@ -103,7 +108,7 @@ struct Checked {
 type Refusal = (StatusCode, &'static str, String);
 
 /// Every rule of the firewall on one body (with the request's headers): the seed's object,
-/// the hop limit, then re-encoded in the seed's form (what leaves the device is exactly the
+/// the hop limit, the time bounds (as of the agent's clock), then re-encoded in the seed's form (what leaves the device is exactly the
 /// checked packet).
 fn check<'a>(
     intake: &IntakeState,
@@ -114,19 +119,23 @@ fn check<'a>(
     // The id is the hash of what is sent (below), whatever the request said.
     let (kind, hops) = PacketMeta::kind_and_hops(&get)
         .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.rule(), e.to_string()))?;
-    let (subject, max_hops) = {
+    let (subject, max_hops, (bounds, origin)) = {
         let subjects = intake
             .subjects
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let subject = address_for(&intake.prefix, &subjects, &packet);
         let max_hops = hop_limit(&subjects, &subject).unwrap_or(intake.max_hops);
-        (subject, max_hops)
+        let bounds = clock::bounds_for(&subjects, &subject, intake.time_bounds);
+        (subject, max_hops, bounds)
     };
     if kind == PacketKind::Synthesis && hops > max_hops {
         let msg = format!("a synthesis packet with {hops} hops is over the limit of {max_hops}");
         return Err((StatusCode::UNPROCESSABLE_ENTITY, "hop_limit", msg));
     }
+    let now = crate::subject_worker::now();
+    clock::check(packet.timestamp, now, bounds, origin)
+        .map_err(|(rule, msg)| (StatusCode::UNPROCESSABLE_ENTITY, rule, msg))?;
     let canonical = packet
         .encode()
         .map_err(|e| (code_of(&e), e.rule(), e.to_string()))?;
