@@ -66,6 +66,7 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
         subjects: routes.clone(),
         prefix: config.prefix.clone(),
         max_hops: qis_contract::synthesis::DEFAULT_MAX_HOPS,
+        time_bounds: default_time_bounds(&config),
         connected: connected.clone(),
         accepting: accepting.clone(),
         limits: config.intake.clone(),
@@ -98,6 +99,18 @@ pub async fn run(config: Config, stop: Option<watch::Receiver<bool>>) -> Result<
         None => tracing::warn!("outbox flush timed out; what is left stays on disk"),
     }
     Ok(())
+}
+
+/// The intake's time bounds when the agent follows no subject: a standalone agent's synthesis
+/// defaults (the documented defaults if they do not resolve: its subjects are refused then), a
+/// pod's documented defaults (its swarm's come with its subjects).
+fn default_time_bounds(config: &Config) -> intake::clock::TimeBounds {
+    match &config.mode {
+        Mode::Standalone { defaults, .. } => qis_contract::synthesis::Settings::from_crd(defaults)
+            .map(|s| intake::clock::TimeBounds::of(&s))
+            .unwrap_or_default(),
+        Mode::Cluster { .. } => intake::clock::TimeBounds::default(),
+    }
 }
 
 /// Whether the NATS connection is up, refreshed every 25 ms (the intake's readiness and the

@@ -164,6 +164,12 @@ async fn intake_survives_mutations() {
         subjects: Default::default(),
         prefix: "qis.fuzz".into(),
         max_hops: 1,
+        // The seeds are stamped when they were written: no window, no skew (an unset clock
+        // is still refused).
+        time_bounds: qis_agent::intake::clock::TimeBounds {
+            window: f64::INFINITY,
+            skew: f64::INFINITY,
+        },
         connected: Default::default(),
         accepting: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         limits: Default::default(),

@@ -26,10 +26,18 @@ where
     qis_testkit::eventually(what, WAIT, f).await
 }
 
+/// When this test process stamps its packets from (its first call): the same `i` gives the
+/// same packet (and id) throughout the process, each within the intake's time bounds.
+fn stamp_base() -> f64 {
+    static BASE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| qis_agent::subject_worker::now().floor())
+}
+
 fn outcome(i: usize) -> String {
+    let timestamp = stamp_base() + (i % 1000) as f64 / 1000.0;
     serde_json::json!({"agent_id": format!("sensor-{i}"), "domain": "predictive-maintenance",
         "problem_class": "bearing-wear", "conclusion": "47 Hz harmonic in the bearing housing",
-        "confidence": 0.7, "context_vector": [0.4, 0.7], "timestamp": 1.7e9 + i as f64,
+        "confidence": 0.7, "context_vector": [0.4, 0.7], "timestamp": timestamp,
         "source_node": "node-1"})
     .to_string()
 }

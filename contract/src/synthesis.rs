@@ -126,64 +126,16 @@ impl Settings {
     /// Fills the CRD's unset fields with the documented defaults; refuses a value the agent
     /// cannot use (a duration out of range, a number outside its bounds), naming its field.
     pub fn from_crd(s: &SynthesisSettings) -> Result<Settings, InvalidSetting> {
-        let secs = |field: &'static str, d: Option<Duration>| {
-            d.map(|d| d.get().map(|d| d.as_secs_f64()))
-                .transpose()
-                .map_err(|e| InvalidSetting {
-                    field,
-                    reason: e.to_string(),
-                })
-        };
-        let unit = |field: &'static str, v: Option<f64>, max: f64, default: f64| match v {
-            None => Ok(default),
-            Some(v) if (0.0..=max).contains(&v) => Ok(v),
-            Some(v) => Err(InvalidSetting {
-                field,
-                reason: format!("{v} is outside [0, {max}]"),
-            }),
-        };
-        let limit = |field: &'static str, v: Option<u32>, max: u32, default: usize| match v {
-            None => Ok(default),
-            Some(v) if (1..=max).contains(&v) => Ok(v as usize),
-            Some(v) => Err(InvalidSetting {
-                field,
-                reason: format!("{v} is outside [1, {max}]"),
-            }),
-        };
         let d = Settings::default();
-        let window = secs("window", s.window)?;
-        if window == Some(0.0) {
-            return Err(InvalidSetting {
-                field: "window",
-                reason: "must be positive".into(),
-            });
-        }
-        let half_life = secs("halfLife", s.half_life)?.filter(|h| *h > 0.0);
-        if half_life.is_some_and(|h| h < 1.0) {
-            // Shorter, every vote older than a few microseconds weighs 0 and the combined
-            // confidence is 0/0.
-            return Err(InvalidSetting {
-                field: "halfLife",
-                reason: "must be at least 1s (or 0 for no decay)".into(),
-            });
-        }
         Ok(Settings {
             method: s.method.unwrap_or_default(),
-            window: window.unwrap_or(d.window),
-            half_life,
+            window: window(s.window)?.unwrap_or(d.window),
+            half_life: half_life(s.half_life)?,
             threshold: unit("threshold", s.threshold, 1.0, d.threshold)?,
-            quorum: match s.quorum {
-                Some(0) => {
-                    return Err(InvalidSetting {
-                        field: "quorum",
-                        reason: "must be at least 1".into(),
-                    });
-                }
-                q => q.unwrap_or(d.quorum),
-            },
+            quorum: quorum(s.quorum)?.unwrap_or(d.quorum),
             min_confidence: unit("minConfidence", s.min_confidence, 1.0, d.min_confidence)?,
             trim_fraction: unit("trimFraction", s.trim_fraction, 0.45, d.trim_fraction)?,
-            max_clock_skew: secs("maxClockSkew", s.max_clock_skew)?.unwrap_or(d.max_clock_skew),
+            max_clock_skew: seconds("maxClockSkew", s.max_clock_skew)?.unwrap_or(d.max_clock_skew),
             limits: Limits {
                 voters: limit("maxVoters", s.max_voters, MAX_VOTERS, d.limits.voters)?,
                 packets: limit("maxPackets", s.max_packets, MAX_PACKETS, d.limits.packets)?,
@@ -220,5 +172,86 @@ impl InvalidSetting {
             field,
             reason: reason.into(),
         }
+    }
+}
+
+/// A duration setting in seconds; refused when it does not fit a duration.
+fn seconds(field: &'static str, d: Option<Duration>) -> Result<Option<f64>, InvalidSetting> {
+    d.map(|d| d.get().map(|d| d.as_secs_f64()))
+        .transpose()
+        .map_err(|e| InvalidSetting {
+            field,
+            reason: e.to_string(),
+        })
+}
+
+/// The window, when set: positive.
+fn window(d: Option<Duration>) -> Result<Option<f64>, InvalidSetting> {
+    let window = seconds("window", d)?;
+    if window == Some(0.0) {
+        return Err(InvalidSetting {
+            field: "window",
+            reason: "must be positive".into(),
+        });
+    }
+    Ok(window)
+}
+
+/// The half-life: 0 (or unset) for no decay, else at least 1 s.
+fn half_life(d: Option<Duration>) -> Result<Option<f64>, InvalidSetting> {
+    let half_life = seconds("halfLife", d)?.filter(|h| *h > 0.0);
+    if half_life.is_some_and(|h| h < 1.0) {
+        // Shorter, every vote older than a few microseconds weighs 0 and the combined
+        // confidence is 0/0.
+        return Err(InvalidSetting {
+            field: "halfLife",
+            reason: "must be at least 1s (or 0 for no decay)".into(),
+        });
+    }
+    Ok(half_life)
+}
+
+/// The quorum, when set: at least 1.
+fn quorum(q: Option<u32>) -> Result<Option<u32>, InvalidSetting> {
+    if q == Some(0) {
+        return Err(InvalidSetting {
+            field: "quorum",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(q)
+}
+
+/// A number in `[0, max]`, or `default` when unset.
+fn unit(
+    field: &'static str,
+    v: Option<f64>,
+    max: f64,
+    default: f64,
+) -> Result<f64, InvalidSetting> {
+    match v {
+        None => Ok(default),
+        Some(v) if (0.0..=max).contains(&v) => Ok(v),
+        Some(v) => Err(InvalidSetting {
+            field,
+            reason: format!("{v} is outside [0, {max}]"),
+        }),
+    }
+}
+
+/// A count in `[1, max]`, or `default` when unset.
+fn limit(
+    field: &'static str,
+    v: Option<u32>,
+    max: u32,
+    default: usize,
+) -> Result<usize, InvalidSetting> {
+    match v {
+        None => Ok(default),
+        Some(v) if (1..=max).contains(&v) => Ok(v as usize),
+        Some(v) => Err(InvalidSetting {
+            field,
+            reason: format!("{v} is outside [1, {max}]"),
+        }),
     }
 }

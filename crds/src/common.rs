@@ -86,9 +86,13 @@ pub struct SynthesisSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_PROBLEMS))]
     pub max_problems: Option<u32>,
-    /// How far ahead of the receiving agent's clock a packet's timestamp may be. A packet
-    /// stamped further ahead is not counted (it would outlive the window and, under decay,
-    /// outweigh every honest vote), and is counted by rule `timestamp_in_future`. Default `30s`.
+    /// How far ahead of the agent's clock a packet's timestamp may be. The intake refuses a
+    /// packet stamped further ahead (422, rule `timestamp_in_future`) and receivers ignore such a
+    /// twin, counted by the same rule (it would outlive the window and, under decay, outweigh
+    /// every honest vote). Packets older than the window are refused and ignored likewise
+    /// (`timestamp_too_old`); the intake refuses stamps before 2020 as an unset clock
+    /// (`clock_unset`).
+    /// Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_clock_skew: Option<Duration>,
 }

@@ -28,57 +28,69 @@ pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Erro
 /// schemas.
 pub const REFERENCE_FILE: &str = "../docs/crd-reference.md";
 
+/// One reference row of the schema node `obj` at `path`: type, default, rules, documentation.
+fn row(obj: &serde_json::Map<String, serde_json::Value>, path: &str) -> String {
+    let ty = match obj.get("type").and_then(|t| t.as_str()) {
+        Some("array") => format!(
+            "[]{}",
+            obj.get("items")
+                .and_then(|i| i.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("object")
+        ),
+        Some(t) => t.to_owned(),
+        None if obj.get("x-kubernetes-int-or-string").is_some() => "int-or-string".to_owned(),
+        None => "any".to_owned(),
+    };
+    let default = obj
+        .get("default")
+        .map(|d| format!("`{d}`"))
+        .unwrap_or_default();
+    let doc = obj
+        .get("description")
+        .and_then(|d| d.as_str())
+        .unwrap_or_default()
+        .replace('\n', " ")
+        .replace('|', "\\|");
+    let rules = rules(obj);
+    let doc = if rules.is_empty() {
+        doc
+    } else {
+        format!("{doc} ({})", rules.join("; "))
+    };
+    format!("| `{path}` | {ty} | {default} | {doc} |")
+}
+
+/// The node's value rules in words: enum, pattern, minimum, maximum.
+fn rules(obj: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let mut rules = Vec::new();
+    if let Some(e) = obj.get("enum").and_then(|e| e.as_array()) {
+        rules.push(format!(
+            "one of {}",
+            e.iter()
+                .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(p) = obj.get("pattern").and_then(|p| p.as_str()) {
+        rules.push(format!("pattern `{}`", p.replace('|', "\\|")));
+    }
+    for (k, label) in [("minimum", "min"), ("maximum", "max")] {
+        if let Some(v) = obj.get(k) {
+            rules.push(format!("{label} {v}"));
+        }
+    }
+    rules
+}
+
+/// Appends the rows of `node` at `path` and of every field below it.
 fn walk(node: &serde_json::Value, path: &str, rows: &mut Vec<String>) {
     let Some(obj) = node.as_object() else { return };
     let props = obj.get("properties").and_then(|p| p.as_object());
     let items = obj.get("items");
     if !path.is_empty() {
-        let ty = match obj.get("type").and_then(|t| t.as_str()) {
-            Some("array") => format!(
-                "[]{}",
-                items
-                    .and_then(|i| i.get("type"))
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("object")
-            ),
-            Some(t) => t.to_owned(),
-            None if obj.get("x-kubernetes-int-or-string").is_some() => "int-or-string".to_owned(),
-            None => "any".to_owned(),
-        };
-        let default = obj
-            .get("default")
-            .map(|d| format!("`{d}`"))
-            .unwrap_or_default();
-        let mut extra = Vec::new();
-        if let Some(e) = obj.get("enum").and_then(|e| e.as_array()) {
-            extra.push(format!(
-                "one of {}",
-                e.iter()
-                    .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if let Some(p) = obj.get("pattern").and_then(|p| p.as_str()) {
-            extra.push(format!("pattern `{}`", p.replace('|', "\\|")));
-        }
-        for (k, label) in [("minimum", "min"), ("maximum", "max")] {
-            if let Some(v) = obj.get(k) {
-                extra.push(format!("{label} {v}"));
-            }
-        }
-        let doc = obj
-            .get("description")
-            .and_then(|d| d.as_str())
-            .unwrap_or_default()
-            .replace('\n', " ")
-            .replace('|', "\\|");
-        let doc = if extra.is_empty() {
-            doc
-        } else {
-            format!("{doc} ({})", extra.join("; "))
-        };
-        rows.push(format!("| `{path}` | {ty} | {default} | {doc} |"));
+        rows.push(row(obj, path));
     }
     // Kubernetes' own types (resources, affinity, tolerations, env, security contexts) are
     // documented upstream; stop at them.

@@ -14,9 +14,10 @@ use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 
-/// What was applied last, per object: (hash of the desired object, the live object's marker).
+/// What this operator applied last, per object: (hash of the desired object, the live object's
+/// marker right after the write). An object whose live marker still matches is not written again.
 #[derive(Debug, Default)]
-pub struct Memo(Mutex<HashMap<String, (u64, String)>>);
+pub struct LastApplied(Mutex<HashMap<String, (u64, String)>>);
 
 fn marker<K: Resource>(live: &K) -> String {
     match live.meta().generation {
@@ -34,7 +35,7 @@ pub async fn apply<K>(
     api: &Api<K>,
     name: &str,
     desired: &K,
-    memo: &Memo,
+    last: &LastApplied,
 ) -> Result<(K, bool), Error>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
@@ -51,7 +52,7 @@ where
         name
     );
     if let Some(live) = api.get_opt(name).await? {
-        let remembered = memo
+        let remembered = last
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -68,7 +69,7 @@ where
             &Patch::Apply(desired),
         )
         .await?;
-    memo.0
+    last.0
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(key, (hash, marker(&live)));

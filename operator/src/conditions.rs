@@ -4,18 +4,18 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// One condition as the reconciler decides it (no timestamp yet).
+/// One condition as a reconcile decided it (no timestamp yet): merged into the live ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Desired {
+pub struct Decided {
     pub type_: &'static str,
     pub ok: bool,
     pub reason: String,
     pub message: String,
 }
 
-impl Desired {
-    pub fn new(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>) -> Desired {
-        Desired {
+impl Decided {
+    pub fn new(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>) -> Decided {
+        Decided {
             type_,
             ok,
             reason: reason.to_owned(),
@@ -32,7 +32,7 @@ fn status(ok: bool) -> &'static str {
 /// status did not change. Conditions of other types in `old` are dropped (we own the list).
 pub fn merge(
     old: &[Condition],
-    desired: &[Desired],
+    desired: &[Decided],
     generation: Option<i64>,
     now: Time,
 ) -> Vec<Condition> {
@@ -89,20 +89,20 @@ mod tests {
         let t1 = time("2026-01-01T00:05:00Z");
         let first = merge(
             &[],
-            &[Desired::new("Ready", false, "Progressing", "waiting")],
+            &[Decided::new("Ready", false, "Progressing", "waiting")],
             Some(1),
             t0.clone(),
         );
         let same_status = merge(
             &first,
-            &[Desired::new("Ready", false, "NatsUnavailable", "down")],
+            &[Decided::new("Ready", false, "NatsUnavailable", "down")],
             Some(1),
             t1.clone(),
         );
         assert_eq!(same_status[0].last_transition_time, t0);
         let flipped = merge(
             &same_status,
-            &[Desired::new("Ready", true, "Reconciled", "")],
+            &[Decided::new("Ready", true, "Reconciled", "")],
             Some(1),
             t1.clone(),
         );
@@ -110,7 +110,7 @@ mod tests {
         assert!(!same(&first, &same_status));
         let again = merge(
             &flipped,
-            &[Desired::new("Ready", true, "Reconciled", "")],
+            &[Decided::new("Ready", true, "Reconciled", "")],
             Some(1),
             time("2026-02-01T00:00:00Z"),
         );

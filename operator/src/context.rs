@@ -42,7 +42,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// What server-side apply wrote last (to skip writes that change nothing).
-    pub applied: Arc<crate::apply::Memo>,
+    pub applied: Arc<crate::apply::LastApplied>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
     /// Every swarm, kept by the watch that wakes subjects (see `run`); a swarm that does not
     /// deserialize is kept as such, so it cannot keep the cache from listing the others.

@@ -4,11 +4,14 @@
 //!
 //! Refusals answer with `{"error": …, "rule": …}` and are counted by rule: 413 for a body
 //! over 512 bytes, 400 for a body that is not the seed's object, 422 for a value that breaks a
-//! rule (including a synthesis packet over the hop limit), and for hostile clients the limits
+//! rule (including a synthesis packet over the hop limit and a timestamp outside the time
+//! bounds of [`clock`]: `clock_unset`, `timestamp_in_future`, `timestamp_too_old`), and for
+//! hostile clients the limits
 //! of [`limits`] (size on every route, body deadline, batch budget) and [`server`]
 //! (connection cap, header deadline), and 503 with `Retry-After` when the deposit queue has no
 //! room within `queueWait`.
 
+pub mod clock;
 pub mod limits;
 pub mod server;
 
@@ -41,6 +44,8 @@ pub struct IntakeState {
     /// Hop limit of synthesis packets to an address no subject follows (each followed address
     /// takes the largest `maxHops` of the subjects that follow it).
     pub max_hops: u8,
+    /// Time bounds of a packet when the agent follows no subject (its synthesis defaults).
+    pub time_bounds: clock::TimeBounds,
     pub connected: Arc<AtomicBool>,
     pub accepting: Arc<AtomicBool>,
     pub limits: IntakeLimits,
@@ -103,7 +108,7 @@ struct Checked {
 type Refusal = (StatusCode, &'static str, String);
 
 /// Every rule of the firewall on one body (with the request's headers): the seed's object,
-/// the hop limit, then re-encoded in the seed's form (what leaves the device is exactly the
+/// the hop limit, the time bounds (as of the agent's clock), then re-encoded in the seed's form (what leaves the device is exactly the
 /// checked packet).
 fn check<'a>(
     intake: &IntakeState,
@@ -114,19 +119,23 @@ fn check<'a>(
     // The id is the hash of what is sent (below), whatever the request said.
     let (kind, hops) = PacketMeta::kind_and_hops(&get)
         .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.rule(), e.to_string()))?;
-    let (subject, max_hops) = {
+    let (subject, max_hops, (bounds, origin)) = {
         let subjects = intake
             .subjects
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let subject = address_for(&intake.prefix, &subjects, &packet);
         let max_hops = hop_limit(&subjects, &subject).unwrap_or(intake.max_hops);
-        (subject, max_hops)
+        let bounds = clock::bounds_for(&subjects, &subject, intake.time_bounds);
+        (subject, max_hops, bounds)
     };
     if kind == PacketKind::Synthesis && hops > max_hops {
         let msg = format!("a synthesis packet with {hops} hops is over the limit of {max_hops}");
         return Err((StatusCode::UNPROCESSABLE_ENTITY, "hop_limit", msg));
     }
+    let now = crate::subject_worker::now();
+    clock::check(packet.timestamp, now, bounds, origin)
+        .map_err(|(rule, msg)| (StatusCode::UNPROCESSABLE_ENTITY, rule, msg))?;
     let canonical = packet
         .encode()
         .map_err(|e| (code_of(&e), e.rule(), e.to_string()))?;
@@ -240,44 +249,92 @@ async fn post_batch(State(intake): State<IntakeState>, body: Bytes) -> Response 
     if !intake.accepting.load(Ordering::Relaxed) {
         return shutting_down();
     }
-    if body.len() > MAX_BATCH_BYTES {
-        let msg = format!("a batch of {} bytes is over {MAX_BATCH_BYTES}", body.len());
-        return refuse(
-            &intake,
+    let batch =
+        match batch_size(&intake, &body).and_then(|count| check_batch(&intake, &body, count)) {
+            Ok(batch) => batch,
+            Err(refusal) => return *refusal,
+        };
+    // All or none: the queue takes every packet of the batch within the wait, or none.
+    let n = batch.entries.len();
+    if let Err(e) = intake
+        .depositor
+        .keep_within(batch.entries, intake.limits.queue_wait)
+        .await
+    {
+        // 202 only once every packet is kept (acknowledged by JetStream or in the outbox).
+        return not_kept(&intake, e, n);
+    }
+    intake.metrics.packets_in.inc_by(n as u64);
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"accepted": batch.ids.len(), "ids": batch.ids})),
+    )
+        .into_response()
+}
+
+/// A batch's non-empty lines, numbered from 1, trimmed. Lines are walked twice (counted, then
+/// checked), never collected: what a batch holds is its body, the checked packets (at most
+/// 1000, each under 1 KiB) and 10 refusals.
+fn batch_lines(body: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    body.split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim_ascii()))
+        .filter(|(_, l)| !l.is_empty())
+}
+
+/// The number of packets in the batch, or its refusal (too many bytes or packets).
+fn batch_size(intake: &IntakeState, body: &[u8]) -> Result<usize, Box<Response>> {
+    let too_large = |msg: String| {
+        Box::new(refuse(
+            intake,
             StatusCode::PAYLOAD_TOO_LARGE,
             "batch_too_large",
             msg,
-        );
-    }
-    // Lines are walked twice (counted, then checked), never collected: what the batch holds
-    // is its body, the checked packets (at most 1000, each under 1 KiB) and 10 refusals.
-    let lines = || {
-        body.split(|b| *b == b'\n')
-            .enumerate()
-            .map(|(n, l)| (n + 1, l.trim_ascii()))
-            .filter(|(_, l)| !l.is_empty())
+        ))
     };
-    let count = lines().take(MAX_BATCH_PACKETS + 1).count();
-    if count > MAX_BATCH_PACKETS {
-        let msg = format!("a batch of more than {MAX_BATCH_PACKETS} packets");
-        return refuse(
-            &intake,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            msg,
-        );
+    if body.len() > MAX_BATCH_BYTES {
+        return Err(too_large(format!(
+            "a batch of {} bytes is over {MAX_BATCH_BYTES}",
+            body.len()
+        )));
     }
-    let mut entries = Vec::with_capacity(count);
-    let mut ids = Vec::with_capacity(count);
+    let count = batch_lines(body).take(MAX_BATCH_PACKETS + 1).count();
+    if count > MAX_BATCH_PACKETS {
+        return Err(too_large(format!(
+            "a batch of more than {MAX_BATCH_PACKETS} packets"
+        )));
+    }
+    Ok(count)
+}
+
+/// A batch whose every line passed the checks, ready to deposit.
+struct CheckedBatch {
+    entries: Vec<Entry>,
+    ids: Vec<String>,
+}
+
+/// Checks every line; if any breaks a rule, the refusal naming the refused lines (the first's
+/// status and rule, up to 10 lines, every refusal counted by rule).
+fn check_batch(
+    intake: &IntakeState,
+    body: &[u8],
+    count: usize,
+) -> Result<CheckedBatch, Box<Response>> {
+    let mut batch = CheckedBatch {
+        entries: Vec::with_capacity(count),
+        ids: Vec::with_capacity(count),
+    };
     let mut refused = Vec::new();
     let mut refused_count = 0usize;
     let mut first: Option<(StatusCode, &'static str)> = None;
-    for (n, line) in lines() {
+    for (n, line) in batch_lines(body) {
         // Lines carry outcome packets: no per-line headers, so none from the request either.
-        match check(&intake, line, |_| None) {
+        match check(intake, line, |_| None) {
             Ok(c) if first.is_none() => {
-                ids.push(c.meta.id.clone());
-                entries.push(Entry::new(c.subject, &c.canonical, &c.meta));
+                batch.ids.push(c.meta.id.clone());
+                batch
+                    .entries
+                    .push(Entry::new(c.subject, &c.canonical, &c.meta));
             }
             Ok(_) => {}
             Err((code, rule, msg)) => {
@@ -288,35 +345,24 @@ async fn post_batch(State(intake): State<IntakeState>, body: Bytes) -> Response 
                     refused.push(json!({"line": n, "rule": rule, "error": msg}));
                 }
                 // Nothing will be deposited: what was checked is not kept.
-                entries = Vec::new();
-                ids = Vec::new();
+                batch.entries = Vec::new();
+                batch.ids = Vec::new();
             }
         }
     }
-    if let Some((code, rule)) = first {
-        let error = format!("{refused_count} of {count} lines refused; nothing was deposited");
-        return (
-            code,
-            axum::Json(json!({"error": error, "rule": rule, "refused": refused})),
-        )
-            .into_response();
+    match first {
+        None => Ok(batch),
+        Some((code, rule)) => {
+            let error = format!("{refused_count} of {count} lines refused; nothing was deposited");
+            Err(Box::new(
+                (
+                    code,
+                    axum::Json(json!({"error": error, "rule": rule, "refused": refused})),
+                )
+                    .into_response(),
+            ))
+        }
     }
-    // All or none: the queue takes every packet of the batch within the wait, or none.
-    let n = entries.len();
-    if let Err(e) = intake
-        .depositor
-        .keep_within(entries, intake.limits.queue_wait)
-        .await
-    {
-        // 202 only once every packet is kept (acknowledged by JetStream or in the outbox).
-        return not_kept(&intake, e, n);
-    }
-    intake.metrics.packets_in.inc_by(n as u64);
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"accepted": ids.len(), "ids": ids})),
-    )
-        .into_response()
 }
 
 fn view_json(name: &str, v: &crate::subject_worker::View) -> serde_json::Value {

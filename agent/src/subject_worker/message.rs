@@ -12,11 +12,12 @@ use std::time::Instant;
 /// What became of one received packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// In the synthesis state (a vote, superseded, expired, not counted for a window limit…).
+    /// In the synthesis state (a vote, superseded, not counted for a window limit…).
     Ingested,
     /// Seen before: changed nothing.
     Duplicate,
-    /// Broke a rule (named as in `qis_agent_packets_refused_total`).
+    /// Broke a rule (named as in `qis_agent_packets_refused_total`), a timestamp outside the
+    /// window or the clock skew included: it changed nothing.
     Refused(&'static str),
 }
 
@@ -58,10 +59,12 @@ pub fn decode_and_ingest(
     metrics
         .synthesis_latency
         .observe(started.elapsed().as_secs_f64());
-    if outcome == Ingest::FromTheFuture {
-        return Err("timestamp_in_future");
+    // Outside `[now − window, now + maxClockSkew]`: ignored (nothing changed) and counted.
+    match outcome {
+        Ingest::FromTheFuture => Err("timestamp_in_future"),
+        Ingest::Expired => Err("timestamp_too_old"),
+        _ => Ok(outcome),
     }
-    Ok(outcome)
 }
 
 /// A received packet through the one path: ingested and counted (`twins_in`, then
@@ -104,12 +107,16 @@ mod tests {
     use qis_crds::constants::{HEADER_HOPS, HEADER_KIND};
 
     fn body(agent: &str, at: f64) -> Vec<u8> {
+        vote(agent, "overload", 0.9, at)
+    }
+
+    fn vote(agent: &str, class: &str, confidence: f64, at: f64) -> Vec<u8> {
         OutcomePacket {
             agent_id: agent.to_owned(),
             domain: "grid".to_owned(),
-            problem_class: "overload".to_owned(),
+            problem_class: class.to_owned(),
             conclusion: "shed load".to_owned(),
-            confidence: 0.9,
+            confidence,
             context_vector: vec![],
             timestamp: at,
             source_node: "site-a".to_owned(),
@@ -146,18 +153,19 @@ mod tests {
     fn refusals_are_counted_by_rule_and_leave_the_synthesis_state_alone() {
         let (m, mut synth) = (Metrics::default(), Synthesizer::new(Settings::default()));
         let now = super::super::now();
-        let cases: [(Option<HeaderMap>, Vec<u8>, &str); 4] = [
+        let cases: [(Option<HeaderMap>, Vec<u8>, &str); 5] = [
             (None, b"{not json".to_vec(), "malformed"),
             (Some(synthesis_headers(2)), body("a1", now), "hop_limit"),
             (None, body("a2", now + 3600.0), "timestamp_in_future"),
             (Some(synthesis_headers(0)), body("a3", now), "bad_header"),
+            (None, body("a4", now - 3600.5), "timestamp_too_old"),
         ];
         for (headers, b, rule) in &cases {
             let got = receive(&mut synth, headers.as_ref(), b, 1, &m);
             assert_eq!(got, Outcome::Refused(rule), "{rule}");
             assert_eq!(refused(&m, rule), 1, "{rule} counted once");
         }
-        assert_eq!(m.twins_in.get(), 4);
+        assert_eq!(m.twins_in.get(), 5);
         assert_eq!(m.twins_duplicate.get(), 0);
         assert!(
             synth.snapshot(now).is_none(),
@@ -169,6 +177,30 @@ mod tests {
             receive(&mut synth, Some(&h), &body("a1", now), 1, &m),
             Outcome::Ingested
         );
+    }
+
+    /// Proves the measured attack fails on the receiving side: a twin stamped 10^6 s ahead under
+    /// an honest agent's id is ignored and counted, and the agent's later packets still vote;
+    /// a twin older than the window does not replace the agent's vote either.
+    #[test]
+    fn twins_outside_the_time_bounds_do_not_replace_an_honest_vote() {
+        let (m, mut synth) = (Metrics::default(), Synthesizer::new(Settings::default()));
+        let now = super::super::now();
+        let honest = vote("a1", "overload", 0.9, now - 10.0);
+        assert_eq!(receive(&mut synth, None, &honest, 1, &m), Outcome::Ingested);
+        let forged = vote("a1", "none", 0.1, now + 1e6);
+        let got = receive(&mut synth, None, &forged, 1, &m);
+        assert_eq!(got, Outcome::Refused("timestamp_in_future"));
+        let stale = vote("a1", "stale", 0.2, now - 3600.0 - 60.0);
+        let got = receive(&mut synth, None, &stale, 1, &m);
+        assert_eq!(got, Outcome::Refused("timestamp_too_old"));
+        let later = vote("a1", "overload", 0.8, now - 5.0);
+        assert_eq!(receive(&mut synth, None, &later, 1, &m), Outcome::Ingested);
+        let snap = synth.snapshot(super::super::now()).expect("a1 votes");
+        assert_eq!(snap.problem, "grid.overload");
+        assert_eq!((snap.agents, snap.weighted_confidence), (1, 0.8));
+        assert_eq!(refused(&m, "timestamp_in_future"), 1);
+        assert_eq!(refused(&m, "timestamp_too_old"), 1);
     }
 
     #[test]

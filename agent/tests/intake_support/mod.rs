@@ -29,12 +29,24 @@ impl AgentProc {
     /// Starts `bin` standalone on `nats` with `intake` as its `intake:` section (YAML flow
     /// map, e.g. `{headerTimeout: 1s}`), no subjects followed (nothing but the intake runs).
     pub async fn start(bin: &Path, nats: &str, dir: &Path, intake: &str) -> AgentProc {
+        AgentProc::start_with(bin, nats, dir, intake, "").await
+    }
+
+    /// [`AgentProc::start`] with `extra` (whole YAML lines, e.g. `synthesis: {window: 10m}\n`)
+    /// added to its file.
+    pub async fn start_with(
+        bin: &Path,
+        nats: &str,
+        dir: &Path,
+        intake: &str,
+        extra: &str,
+    ) -> AgentProc {
         let port = qis_testkit::free_port();
         let config = dir.join(format!("agent-{port}.yaml"));
         std::fs::write(
             &config,
             format!(
-                "agentId: attacked\nsite: a\nnats: {{url: '{nats}'}}\nsubjectPrefix: qis.iot\nstream: {STREAM}\nlisten: 127.0.0.1:{port}\ndataDir: {}\noutboxMax: 1000000\nintake: {intake}\n",
+                "agentId: attacked\nsite: a\nnats: {{url: '{nats}'}}\nsubjectPrefix: qis.iot\nstream: {STREAM}\nlisten: 127.0.0.1:{port}\ndataDir: {}\noutboxMax: 1000000\nintake: {intake}\n{extra}",
                 dir.join(format!("data-{port}")).display()
             ),
         )
@@ -109,13 +121,29 @@ pub async fn read_answer(s: &mut TcpStream) -> Answer {
     Answer::parse(&out)
 }
 
-/// An outcome packet of `domain`/`class`, distinct for every `i`.
-pub fn packet(domain: &str, class: &str, i: usize) -> String {
+/// The agent's clock (seconds since the epoch).
+pub fn now() -> f64 {
+    qis_agent::subject_worker::now()
+}
+
+/// The time the packets of this test process are stamped from (its first call): the same
+/// `i` gives the same packet throughout the process, and every one is within the window.
+pub fn stamp_base() -> f64 {
+    static BASE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| now().floor())
+}
+
+/// An outcome packet of `domain`/`class` stamped `timestamp`.
+pub fn packet_at(domain: &str, class: &str, i: usize, timestamp: f64) -> String {
     json!({"agent_id": format!("dev-{}", i % 997), "domain": domain, "problem_class": class,
            "conclusion": format!("reading {i}"), "confidence": 0.7,
-           "context_vector": [0.4, 0.7], "timestamp": 1_764_150_000.0 + i as f64 / 1000.0,
-           "source_node": "node-1"})
+           "context_vector": [0.4, 0.7], "timestamp": timestamp, "source_node": "node-1"})
     .to_string()
+}
+
+/// An outcome packet of `domain`/`class`, distinct for every `i`.
+pub fn packet(domain: &str, class: &str, i: usize) -> String {
+    packet_at(domain, class, i, stamp_base() + (i % 1000) as f64 / 1000.0)
 }
 
 /// A 1 MiB batch of the worst shape for a parser that collects its lines: `a\n` × 512 Ki

@@ -48,6 +48,28 @@ def test_the_agents_refusal_is_raised_with_its_rule(agent):
     assert err.value.status == 404
 
 
+def test_the_agent_refuses_timestamps_outside_its_bounds_by_rule(agent):
+    client = AgentClient(agent.url)
+    now = time.time()
+    for ts, rule in [(1000.0, "clock_unset"), (now + 1e6, "timestamp_in_future"),
+                     (now - 2 * 86400, "timestamp_too_old")]:
+        p = packet("hall-a")
+        p.timestamp = ts
+        with pytest.raises(Refused) as err:
+            client.deposit(p)
+        assert (err.value.status, err.value.rule) == (422, rule), err.value.error
+    assert "clock looks unset" in _refusal(client, 1000.0).error
+    assert client.deposit(packet("hall-a")).id
+
+
+def _refusal(client, ts):
+    p = packet("hall-z")
+    p.timestamp = ts
+    with pytest.raises(Refused) as err:
+        client.deposit(p)
+    return err.value
+
+
 def test_the_spool_keeps_packets_while_the_agent_is_down_and_drains_when_it_is_up(
         agent_config, tmp_path):
     spool = Spool(tmp_path / "spool")

@@ -43,14 +43,14 @@ pub fn ready_transition(old: &[Condition], new: &[Condition]) -> Option<(bool, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::{Desired, merge};
+    use crate::conditions::{Decided, merge};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn ready(ok: bool, reason: &str, message: &str) -> Vec<Condition> {
         let now = Time("2026-01-01T00:00:00Z".parse().expect("timestamp"));
         merge(
             &[],
-            &[Desired::new(condition::READY, ok, reason, message)],
+            &[Decided::new(condition::READY, ok, reason, message)],
             Some(1),
             now,
         )

@@ -3,7 +3,7 @@
 //! fields: `consensus` belongs to the agents' field manager.
 
 use super::build::DesiredConsumers;
-use crate::conditions::{self, Desired};
+use crate::conditions::{self, Decided};
 use crate::error::Error;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -25,7 +25,7 @@ pub fn next(
 ) -> Option<QisSubjectStatus> {
     let (address, consumers) = (&desired.address, &desired.consumers);
     let consumers_cond = match applied {
-        Ok(_) => Desired::new(
+        Ok(_) => Decided::new(
             condition::CONSUMERS_READY,
             true,
             reason::RECONCILED,
@@ -38,10 +38,10 @@ pub fn next(
             "{} site(s) of swarm {swarm} consume {address}",
             consumers.len()
         );
-        Desired::new(condition::READY, true, reason::RECONCILED, message)
+        Decided::new(condition::READY, true, reason::RECONCILED, message)
     } else {
         let message = consumers_cond.message.clone();
-        Desired::new(condition::READY, false, &consumers_cond.reason, message)
+        Decided::new(condition::READY, false, &consumers_cond.reason, message)
     };
     let keep = match applied {
         Ok(_) => consumers.clone(),
@@ -67,8 +67,8 @@ fn old(subject: &QisSubject) -> QisSubjectStatus {
     subject.status.clone().unwrap_or_default()
 }
 
-fn fail(type_: &'static str, e: &Error) -> Desired {
-    Desired::new(type_, false, e.reason(), e.to_string())
+fn fail(type_: &'static str, e: &Error) -> Decided {
+    Decided::new(type_, false, e.reason(), e.to_string())
 }
 
 /// While consumers are not all in place, remember both the old and the new ones, so that a
@@ -80,10 +80,10 @@ fn merge_consumers(old: &[ConsumerStatus], new: &[ConsumerStatus]) -> Vec<Consum
 }
 
 /// `Synthesizing`: an agent reported consensus within [`REPORT_STALE_AFTER`] of `now`.
-fn synthesizing(subject: &QisSubject, now: Timestamp) -> Desired {
+fn synthesizing(subject: &QisSubject, now: Timestamp) -> Decided {
     let consensus = subject.status.as_ref().and_then(|s| s.consensus.as_ref());
     let Some(c) = consensus else {
-        return Desired::new(
+        return Decided::new(
             condition::SYNTHESIZING,
             false,
             reason::NO_REPORT,
@@ -96,7 +96,7 @@ fn synthesizing(subject: &QisSubject, now: Timestamp) -> Desired {
         .ok()
         .is_some_and(|t| now.duration_since(t).unsigned_abs() < REPORT_STALE_AFTER);
     if fresh {
-        Desired::new(
+        Decided::new(
             condition::SYNTHESIZING,
             true,
             reason::CONSENSUS_REPORTED,
@@ -107,14 +107,14 @@ fn synthesizing(subject: &QisSubject, now: Timestamp) -> Desired {
             "last report at {} is older than {:?}",
             c.updated_at, REPORT_STALE_AFTER
         );
-        Desired::new(condition::SYNTHESIZING, false, reason::NO_REPORT, message)
+        Decided::new(condition::SYNTHESIZING, false, reason::NO_REPORT, message)
     }
 }
 
 /// The new status, unless it is the old one but for timestamps.
 fn changed(
     subject: &QisSubject,
-    desired: &[Desired],
+    desired: &[Decided],
     address: Option<String>,
     consumers: Vec<ConsumerStatus>,
     now: Timestamp,

@@ -3,7 +3,7 @@
 //! unchanged status is never rewritten.
 
 use super::apply::{Applied, AppliedAgents};
-use crate::conditions::{self, Desired};
+use crate::conditions::{self, Decided};
 use crate::error::Error;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use qis_crds::constants::{condition, reason};
@@ -27,13 +27,13 @@ pub fn next(
         Err(e) => (fail(condition::AGENTS_READY, e), previous_sites(swarm)),
     };
     let ready = match [&stream_cond, &agents_cond].into_iter().find(|c| !c.ok) {
-        None => Desired::new(
+        None => Decided::new(
             condition::READY,
             true,
             reason::RECONCILED,
             format!("stream and {} site(s) ready", sites.len()),
         ),
-        Some(c) => Desired::new(condition::READY, false, &c.reason, c.message.clone()),
+        Some(c) => Decided::new(condition::READY, false, &c.reason, c.message.clone()),
     };
     let stream = applied.stream.as_ref().ok().map(|o| StreamStatus {
         name: applied.stream_name.clone(),
@@ -77,13 +77,13 @@ fn previous_sites(swarm: &QisSwarm) -> Vec<SiteStatus> {
         .unwrap_or_default()
 }
 
-fn fail(type_: &'static str, e: &Error) -> Desired {
-    Desired::new(type_, false, e.reason(), e.to_string())
+fn fail(type_: &'static str, e: &Error) -> Decided {
+    Decided::new(type_, false, e.reason(), e.to_string())
 }
 
-fn stream_condition(applied: &Applied) -> Desired {
+fn stream_condition(applied: &Applied) -> Decided {
     match &applied.stream {
-        Ok(o) => Desired::new(
+        Ok(o) => Decided::new(
             condition::STREAM_READY,
             true,
             reason::RECONCILED,
@@ -96,14 +96,14 @@ fn stream_condition(applied: &Applied) -> Desired {
     }
 }
 
-fn agents_condition(a: &AppliedAgents, discovery_disabled: bool, spec: &QisSwarmSpec) -> Desired {
+fn agents_condition(a: &AppliedAgents, discovery_disabled: bool, spec: &QisSwarmSpec) -> Decided {
     if let Some((site, e)) = a.failures.first() {
         let message = format!(
             "{} of {} site(s) failed; site {site}: {e}",
             a.failures.len(),
             a.sites.len()
         );
-        return Desired::new(condition::AGENTS_READY, false, e.reason(), message);
+        return Decided::new(condition::AGENTS_READY, false, e.reason(), message);
     }
     if discovery_disabled {
         let message = format!(
@@ -112,7 +112,7 @@ fn agents_condition(a: &AppliedAgents, discovery_disabled: bool, spec: &QisSwarm
              site(s) of spec.sites run",
             a.sites.len()
         );
-        return Desired::new(
+        return Decided::new(
             condition::AGENTS_READY,
             false,
             reason::SITE_DISCOVERY_DISABLED,
@@ -122,7 +122,7 @@ fn agents_condition(a: &AppliedAgents, discovery_disabled: bool, spec: &QisSwarm
     sites_condition(&a.sites, &a.skipped, spec)
 }
 
-fn sites_condition(sites: &[SiteStatus], skipped: &[String], spec: &QisSwarmSpec) -> Desired {
+fn sites_condition(sites: &[SiteStatus], skipped: &[String], spec: &QisSwarmSpec) -> Decided {
     let mut notes = Vec::new();
     if !skipped.is_empty() {
         notes.push(format!(
@@ -138,7 +138,7 @@ fn sites_condition(sites: &[SiteStatus], skipped: &[String], spec: &QisSwarmSpec
             .unwrap_or("qis.dev/site");
         notes.insert(0, format!("no site: no node carries the label {label}"));
         let message = notes.join("; ");
-        return Desired::new(condition::AGENTS_READY, false, reason::PROGRESSING, message);
+        return Decided::new(condition::AGENTS_READY, false, reason::PROGRESSING, message);
     }
     let ready = sites
         .iter()
@@ -154,13 +154,13 @@ fn sites_condition(sites: &[SiteStatus], skipped: &[String], spec: &QisSwarmSpec
     } else {
         reason::PROGRESSING
     };
-    Desired::new(condition::AGENTS_READY, all, reason, notes.join("; "))
+    Decided::new(condition::AGENTS_READY, all, reason, notes.join("; "))
 }
 
 /// The new status, unless it is the old one but for timestamps.
 fn changed(
     swarm: &QisSwarm,
-    desired: &[Desired],
+    desired: &[Decided],
     prefix: Option<String>,
     stream: Option<StreamStatus>,
     sites: Vec<SiteStatus>,
