@@ -38,7 +38,7 @@ pub enum ConnectError {
     /// The `.creds` contents do not parse.
     #[error("not a valid .creds file: {0}")]
     Creds(#[source] std::io::Error),
-    /// One of the comma-separated URLs does not parse.
+    /// One of the comma-separated URLs does not parse (`url` is the list, redacted).
     #[error("nats url {url:?}: {source}")]
     Url {
         url: String,
@@ -100,11 +100,42 @@ pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectEr
     urls.split(',')
         .map(|u| {
             u.trim().parse().map_err(|source| ConnectError::Url {
-                url: urls.to_owned(),
+                url: redact_urls(urls),
                 source,
             })
         })
         .collect()
+}
+
+/// What replaces the user-info of a URL in anything shown: conditions, Events, logs, errors.
+pub const REDACTED: &str = "***";
+
+/// `urls` (one URL or a comma-separated list) with the user-info of every URL replaced by
+/// [`REDACTED`], so `nats://user:secret@host:4222` shows as `nats://***@host:4222`.
+///
+/// Works on text that does not parse as well: everything between a `://` (or the start) and
+/// the last `@` before the next `://` is user-info. A password holding `,`, `/` or `@` is
+/// therefore hidden whole; NATS URLs have no path, so no host is mistaken for user-info.
+pub fn redact_urls(urls: &str) -> String {
+    let mut out = String::with_capacity(urls.len());
+    let mut rest = urls;
+    loop {
+        // `region` runs to the next `://` (exclusive) or the end of the text.
+        let (region, next) = match rest.find("://") {
+            Some(i) => (&rest[..i], Some(&rest[i..])),
+            None => (rest, None),
+        };
+        match region.rfind('@') {
+            Some(at) => {
+                out.push_str(REDACTED);
+                out.push_str(&region[at..]);
+            }
+            None => out.push_str(region),
+        }
+        let Some(next) = next else { return out };
+        out.push_str("://");
+        rest = &next[3..];
+    }
 }
 
 /// The credentials in the files of `dir` (named as in [`crate::paths::credentials`]); the
@@ -184,6 +215,45 @@ mod tests {
         );
         let e = server_addrs("nats://a:4222,nats://b:notaport").expect_err("bad port");
         assert!(e.to_string().contains("nats://b:notaport"), "{e}");
+    }
+
+    #[test]
+    fn user_info_is_redacted_from_urls() {
+        let cases = [
+            ("nats://user:secret@host:4222", "nats://***@host:4222"),
+            ("nats://token@host:4222", "nats://***@host:4222"),
+            ("nats://host:4222", "nats://host:4222"),
+            (
+                "nats://a:pw1@h1:4222, tls://b:pw2@h2:4222,nats://h3",
+                "nats://***@h1:4222, tls://***@h2:4222,nats://h3",
+            ),
+            ("nats://u:p@[::1]:4222", "nats://***@[::1]:4222"),
+            (
+                "nats://u:p@[fe80::1%25eth0]:4222",
+                "nats://***@[fe80::1%25eth0]:4222",
+            ),
+            // Passwords with characters that break parsing are hidden whole.
+            ("nats://u:p@ss@host:4222", "nats://***@host:4222"),
+            ("nats://u:pa,ss@host:4222", "nats://***@host:4222"),
+            ("nats://u:pa/ss@host:4222", "nats://***@host:4222"),
+            // Not URLs at all.
+            ("user:secret@host:4222", "***@host:4222"),
+            ("u:p@h1,u2:p2@h2", "***@h2"),
+            ("nats://u:secret@", "nats://***@"),
+            ("", ""),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_urls(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_reported_redacted() {
+        let e = server_addrs("nats://u:hunter2@a:4222,nats://v:hunter3@b:notaport")
+            .expect_err("bad port");
+        let shown = e.to_string();
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("nats://***@b:notaport"), "{shown}");
     }
 
     #[test]

@@ -243,7 +243,7 @@ fn default_node_label() -> String {
 
 /// The agent containers of the swarm. Unset fields take the operator's defaults; the security
 /// context is merged over the restricted Pod Security defaults.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentTemplate {
     /// Agent image. Default: the operator's `--agent-image`.
@@ -262,8 +262,45 @@ pub struct AgentTemplate {
     /// Extra environment variables of the agent container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
-    /// Container security context fields that override the restricted defaults.
+    /// Container security context fields that override the restricted defaults. Refused: a
+    /// privileged, root (user or group 0) or escalating container, added capabilities other
+    /// than `NET_BIND_SERVICE`, seccomp other than `RuntimeDefault`/`Localhost`, unconfined
+    /// AppArmor, unmasked `/proc`, SELinux user or role or a non-container type, Windows host
+    /// processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.privileged) || !self.privileged"
+    ).message("spec.agent.securityContext.privileged must not be true"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.allowPrivilegeEscalation) || !self.allowPrivilegeEscalation"
+    ).message("spec.agent.securityContext.allowPrivilegeEscalation must not be true"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.runAsNonRoot) || self.runAsNonRoot"
+    ).message("spec.agent.securityContext.runAsNonRoot must not be false"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.runAsUser) || self.runAsUser != 0"
+    ).message("spec.agent.securityContext.runAsUser must not be 0 (root)"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.runAsGroup) || self.runAsGroup != 0"
+    ).message("spec.agent.securityContext.runAsGroup must not be 0 (the root group)"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.capabilities) || !has(self.capabilities.add) || self.capabilities.add.all(c, c == 'NET_BIND_SERVICE')"
+    ).message("spec.agent.securityContext.capabilities.add may hold only NET_BIND_SERVICE"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.seccompProfile) || self.seccompProfile.type in ['RuntimeDefault', 'Localhost']"
+    ).message("spec.agent.securityContext.seccompProfile.type must be RuntimeDefault or Localhost"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.appArmorProfile) || self.appArmorProfile.type != 'Unconfined'"
+    ).message("spec.agent.securityContext.appArmorProfile.type must not be Unconfined"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.procMount) || self.procMount == 'Default'"
+    ).message("spec.agent.securityContext.procMount must be Default"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.seLinuxOptions) || (!has(self.seLinuxOptions.user) && !has(self.seLinuxOptions.role) && (!has(self.seLinuxOptions.type) || self.seLinuxOptions.type in ['container_t', 'container_init_t', 'container_kvm_t', 'container_engine_t']))"
+    ).message("spec.agent.securityContext.seLinuxOptions may set only a container_* type, no user or role"))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "!has(self.windowsOptions) || !has(self.windowsOptions.hostProcess) || !self.windowsOptions.hostProcess"
+    ).message("spec.agent.securityContext.windowsOptions.hostProcess must not be true"))]
     pub security_context: Option<SecurityContext>,
     /// Where the agents keep their outbox (packets waiting for NATS). Default: an `emptyDir`
     /// of 64Mi.

@@ -175,3 +175,57 @@ fn subject_cross_field_rules() {
     );
     assert_eq!(check(1, &fine, None), Ok(()));
 }
+
+/// Proves every override that would take agent pods out of the restricted Pod Security profile
+/// is refused at admission, naming its field, while harmless overrides pass.
+#[test]
+fn agent_security_overrides_stay_restricted() {
+    let with = |sc: Value| swarm("plant", json!({"agent": {"securityContext": sc}}));
+    let refused = [
+        (json!({"privileged": true}), "securityContext.privileged"),
+        (
+            json!({"allowPrivilegeEscalation": true}),
+            "securityContext.allowPrivilegeEscalation",
+        ),
+        (
+            json!({"runAsNonRoot": false}),
+            "securityContext.runAsNonRoot",
+        ),
+        (json!({"runAsUser": 0}), "securityContext.runAsUser"),
+        (json!({"runAsGroup": 0}), "securityContext.runAsGroup"),
+        (
+            json!({"capabilities": {"add": ["NET_BIND_SERVICE", "SYS_ADMIN"]}}),
+            "securityContext.capabilities.add",
+        ),
+        (
+            json!({"seccompProfile": {"type": "Unconfined"}}),
+            "securityContext.seccompProfile.type",
+        ),
+        (
+            json!({"appArmorProfile": {"type": "Unconfined"}}),
+            "securityContext.appArmorProfile.type",
+        ),
+        (
+            json!({"procMount": "Unmasked"}),
+            "securityContext.procMount",
+        ),
+        (
+            json!({"seLinuxOptions": {"type": "spc_t"}}),
+            "securityContext.seLinuxOptions",
+        ),
+        (
+            json!({"windowsOptions": {"hostProcess": true}}),
+            "securityContext.windowsOptions.hostProcess",
+        ),
+    ];
+    for (sc, field) in refused {
+        let err = check(0, &with(sc.clone()), None).expect_err(&sc.to_string());
+        assert!(err.contains(field), "{sc}: {err}");
+    }
+    let admitted = json!({"privileged": false, "allowPrivilegeEscalation": false,
+        "runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000,
+        "readOnlyRootFilesystem": false, "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "agent.json"},
+        "procMount": "Default", "seLinuxOptions": {"type": "container_t", "level": "s0:c1"}});
+    assert_eq!(check(0, &with(admitted), None), Ok(()));
+}

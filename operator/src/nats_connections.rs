@@ -37,12 +37,24 @@ impl std::fmt::Debug for Tls {
 }
 
 /// Everything that makes two connections different.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Settings {
     pub url: String,
     pub auth: Auth,
     pub tls: Option<Tls>,
     pub jetstream_domain: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL's user-info is a secret as much as `auth` is.
+        f.debug_struct("Settings")
+            .field("url", &connect::redact_urls(&self.url))
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("jetstream_domain", &self.jetstream_domain)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -132,7 +144,7 @@ impl Pool {
 
     async fn connect(&self, s: &Settings) -> Result<async_nats::Client, Error> {
         let nats = |e: Cause| Error::Nats {
-            context: format!("connecting to {}", s.url),
+            context: format!("connecting to {}", connect::redact_urls(&s.url)),
             source: e,
         };
         let opts = connect::options("qis-operator", self.timeout);

@@ -73,11 +73,14 @@ pub fn is_label_key(key: &str) -> bool {
 pub fn check_nats_urls(field: &str, urls: &str) -> Result<(), Error> {
     for url in urls.split(',').map(str::trim) {
         let Some((scheme, rest)) = url.split_once("://") else {
+            let url = qis_contract::connect::redact_urls(url);
             return Err(invalid(
                 field,
                 format!("{url:?} is not a URL (nats://host:port)"),
             ));
         };
+        let shown = qis_contract::connect::redact_urls(url);
+        let url = &shown;
         if !["nats", "tls", "ws", "wss"].contains(&scheme) {
             return Err(invalid(
                 field,
@@ -247,6 +250,100 @@ fn agent(agent: &AgentTemplate) -> Result<(), Error> {
             return Err(invalid(&field, format!("{} is listed twice", e.name)));
         }
     }
+    if let Some(sc) = &agent.security_context {
+        security_context("spec.agent.securityContext", sc)?;
+    }
+    Ok(())
+}
+
+/// The one capability the restricted Pod Security profile lets a container add.
+pub const ADDABLE_CAPABILITY: &str = "NET_BIND_SERVICE";
+
+/// SELinux types the baseline Pod Security profile admits.
+const SELINUX_TYPES: [&str; 4] = [
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+];
+
+/// A container security override may not take the agent out of the restricted Pod Security
+/// profile: no privileged, root or escalating container, no added capability but
+/// [`ADDABLE_CAPABILITY`], no unconfined seccomp or AppArmor, no unmasked /proc, no host
+/// process, no custom SELinux user or role. Group 0 is refused too: the agent needs no file of
+/// the root group.
+fn security_context(
+    field: &str,
+    sc: &k8s_openapi::api::core::v1::SecurityContext,
+) -> Result<(), Error> {
+    let refuse = |f: &str, why: &str| Err(invalid(&format!("{field}.{f}"), why));
+    if sc.privileged == Some(true) {
+        return refuse(
+            "privileged",
+            "must not be true: agents do not run privileged",
+        );
+    }
+    if sc.allow_privilege_escalation == Some(true) {
+        return refuse("allowPrivilegeEscalation", "must not be true");
+    }
+    if sc.run_as_non_root == Some(false) {
+        return refuse(
+            "runAsNonRoot",
+            "must not be false: agents never run as root",
+        );
+    }
+    if sc.run_as_user == Some(0) {
+        return refuse("runAsUser", "must not be 0 (root)");
+    }
+    if sc.run_as_group == Some(0) {
+        return refuse("runAsGroup", "must not be 0 (the root group)");
+    }
+    let added = sc.capabilities.as_ref().and_then(|c| c.add.as_deref());
+    if let Some((i, cap)) = added
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.as_str() != ADDABLE_CAPABILITY)
+    {
+        return Err(invalid(
+            &format!("{field}.capabilities.add[{i}]"),
+            format!("{cap:?} may not be added: only {ADDABLE_CAPABILITY} is (restricted profile)"),
+        ));
+    }
+    confinement(field, sc)
+}
+
+/// The profiles and namespaces of a container security override.
+fn confinement(field: &str, sc: &k8s_openapi::api::core::v1::SecurityContext) -> Result<(), Error> {
+    let refuse = |f: &str, why: &str| Err(invalid(&format!("{field}.{f}"), why));
+    if let Some(p) = &sc.seccomp_profile
+        && !["RuntimeDefault", "Localhost"].contains(&p.type_.as_str())
+    {
+        return refuse("seccompProfile.type", "must be RuntimeDefault or Localhost");
+    }
+    if let Some(p) = &sc.app_armor_profile
+        && p.type_ == "Unconfined"
+    {
+        return refuse("appArmorProfile.type", "must not be Unconfined");
+    }
+    if sc.proc_mount.as_deref().is_some_and(|m| m != "Default") {
+        return refuse("procMount", "must be Default: /proc stays masked");
+    }
+    if let Some(se) = &sc.se_linux_options {
+        if se.user.is_some() || se.role.is_some() {
+            return refuse("seLinuxOptions", "user and role must not be set");
+        }
+        if se
+            .type_
+            .as_deref()
+            .is_some_and(|t| !SELINUX_TYPES.contains(&t))
+        {
+            return refuse("seLinuxOptions.type", "must be a container_* type");
+        }
+    }
+    if sc.windows_options.as_ref().and_then(|w| w.host_process) == Some(true) {
+        return refuse("windowsOptions.hostProcess", "must not be true");
+    }
     Ok(())
 }
 
@@ -397,6 +494,150 @@ mod tests {
         match r {
             Err(Error::InvalidSpec { field, .. }) => field,
             other => panic!("expected InvalidSpec, got {other:?}"),
+        }
+    }
+
+    /// Proves every security override that takes the agent out of the restricted profile is
+    /// InvalidSpec naming its field (objects admitted before the CRD's CEL rules), and the
+    /// harmless ones pass.
+    #[test]
+    fn privileged_root_or_escalating_agents_are_refused() {
+        use k8s_openapi::api::core::v1::{
+            AppArmorProfile, Capabilities, SELinuxOptions, SeccompProfile, SecurityContext,
+            WindowsSecurityContextOptions,
+        };
+        let check = |sc: SecurityContext| {
+            let mut s = QisSwarmSpec::default();
+            s.agent.security_context = Some(sc);
+            swarm(&s)
+        };
+        let caps = |add: &[&str]| Capabilities {
+            add: Some(add.iter().map(|c| (*c).to_owned()).collect()),
+            drop: None,
+        };
+        let refused = [
+            (
+                SecurityContext {
+                    privileged: Some(true),
+                    ..Default::default()
+                },
+                "privileged",
+            ),
+            (
+                SecurityContext {
+                    allow_privilege_escalation: Some(true),
+                    ..Default::default()
+                },
+                "allowPrivilegeEscalation",
+            ),
+            (
+                SecurityContext {
+                    run_as_non_root: Some(false),
+                    ..Default::default()
+                },
+                "runAsNonRoot",
+            ),
+            (
+                SecurityContext {
+                    run_as_user: Some(0),
+                    ..Default::default()
+                },
+                "runAsUser",
+            ),
+            (
+                SecurityContext {
+                    run_as_group: Some(0),
+                    ..Default::default()
+                },
+                "runAsGroup",
+            ),
+            (
+                SecurityContext {
+                    capabilities: Some(caps(&["NET_BIND_SERVICE", "SYS_ADMIN"])),
+                    ..Default::default()
+                },
+                "capabilities.add[1]",
+            ),
+            (
+                SecurityContext {
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "Unconfined".into(),
+                        localhost_profile: None,
+                    }),
+                    ..Default::default()
+                },
+                "seccompProfile.type",
+            ),
+            (
+                SecurityContext {
+                    app_armor_profile: Some(AppArmorProfile {
+                        type_: "Unconfined".into(),
+                        localhost_profile: None,
+                    }),
+                    ..Default::default()
+                },
+                "appArmorProfile.type",
+            ),
+            (
+                SecurityContext {
+                    proc_mount: Some("Unmasked".into()),
+                    ..Default::default()
+                },
+                "procMount",
+            ),
+            (
+                SecurityContext {
+                    se_linux_options: Some(SELinuxOptions {
+                        type_: Some("spc_t".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "seLinuxOptions.type",
+            ),
+            (
+                SecurityContext {
+                    windows_options: Some(WindowsSecurityContextOptions {
+                        host_process: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                "windowsOptions.hostProcess",
+            ),
+        ];
+        for (sc, field) in refused {
+            assert_eq!(
+                field_of(check(sc)),
+                format!("spec.agent.securityContext.{field}")
+            );
+        }
+        let harmless = SecurityContext {
+            privileged: Some(false),
+            run_as_user: Some(1000),
+            run_as_group: Some(1000),
+            read_only_root_filesystem: Some(false),
+            capabilities: Some(caps(&["NET_BIND_SERVICE"])),
+            proc_mount: Some("Default".into()),
+            ..Default::default()
+        };
+        assert!(check(harmless).is_ok());
+    }
+
+    /// Proves a URL refused by the checks is shown without its user-info.
+    #[test]
+    fn refused_urls_are_shown_redacted() {
+        for url in ["http://qis:hunter2@h:4222", "qis:hunter2@h:4222"] {
+            let s = QisSwarmSpec {
+                nats: Some(qis_crds::NatsConnection {
+                    url: Some(url.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let shown = swarm(&s).expect_err(url).to_string();
+            assert!(shown.contains("***@h:4222"), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
         }
     }
 

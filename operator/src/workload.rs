@@ -31,12 +31,24 @@ pub const AGENT_PORT: i32 = qis_contract::paths::AGENT_PORT as i32;
 pub const AGENT_UID: i64 = 65532;
 
 /// What the operator knows beyond the swarm itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Defaults {
     /// Agent image when the swarm names none.
     pub agent_image: String,
     /// NATS URL when the swarm names none.
     pub nats_url: String,
+}
+
+impl std::fmt::Debug for Defaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Defaults")
+            .field("agent_image", &self.agent_image)
+            .field(
+                "nats_url",
+                &qis_contract::connect::redact_urls(&self.nats_url),
+            )
+            .finish()
+    }
 }
 
 /// Labels on every object made for a swarm (and `site` when given).
@@ -138,7 +150,6 @@ pub fn container_security(overrides: Option<&SecurityContext>) -> SecurityContex
             run_as_non_root,
             run_as_user,
             run_as_group,
-            capabilities,
             seccomp_profile,
             privileged,
             proc_mount,
@@ -146,6 +157,12 @@ pub fn container_security(overrides: Option<&SecurityContext>) -> SecurityContex
             app_armor_profile,
             windows_options
         );
+        // Capabilities merge: every one stays dropped, an override only adds (what the
+        // validation admits: NET_BIND_SERVICE).
+        let added = o.capabilities.as_ref().and_then(|c| c.add.clone());
+        if let Some(caps) = sc.capabilities.as_mut() {
+            caps.add = added.filter(|a| !a.is_empty());
+        }
     }
     sc
 }
@@ -690,6 +707,34 @@ mod tests {
         let sc = container_security(Some(&o));
         assert_eq!(sc.run_as_user, Some(1000));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
+    }
+
+    #[test]
+    fn a_capabilities_override_never_undoes_drop_all() {
+        let o = SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_BIND_SERVICE".into()]),
+                drop: Some(vec![]),
+            }),
+            ..Default::default()
+        };
+        let caps = container_security(Some(&o))
+            .capabilities
+            .expect("capabilities");
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(
+            caps.add.as_deref(),
+            Some(&["NET_BIND_SERVICE".to_owned()][..])
+        );
+        let o = SecurityContext {
+            capabilities: Some(Capabilities::default()),
+            ..Default::default()
+        };
+        let caps = container_security(Some(&o))
+            .capabilities
+            .expect("capabilities");
+        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(caps.add, None);
     }
 
     #[test]

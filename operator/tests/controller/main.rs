@@ -16,3 +16,4 @@ mod outbox_claims;
 mod rbac;
 mod sites;
 mod swarm_lifecycle;
+mod trust;
