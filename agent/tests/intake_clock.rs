@@ -7,7 +7,6 @@ mod intake_support;
 
 use intake_support::*;
 use qis_testkit::NatsServer;
-use std::time::Duration;
 
 fn bin() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_qis-agent"))
@@ -17,15 +16,6 @@ async fn post(agent: &AgentProc, body: String) -> (u16, String, String) {
     let a = agent.http.post("/v1/outcomes", body, &[]).await;
     let error = a.json()["error"].as_str().unwrap_or_default().to_owned();
     (a.status, a.rule(), error)
-}
-
-async fn counted(agent: &AgentProc, rule: &str, n: u64) {
-    qis_testkit::eventually(
-        &format!("{n} refusals by {rule}"),
-        Duration::from_secs(10),
-        || async { (agent.refused(rule).await == n).then_some(()) },
-    )
-    .await;
 }
 
 /// Proves each time rule of an agent that follows no subject (the documented defaults: 30 s
@@ -60,9 +50,9 @@ async fn timestamps_outside_the_default_bounds_are_refused_by_rule() {
     let (code, rule, error) = post(&agent, at(6, 1.0)).await;
     assert_eq!((code, rule.as_str()), (422, "clock_unset"), "{error}");
     assert!(error.contains("clock looks unset"), "{error}");
-    counted(&agent, "timestamp_in_future", 2).await;
-    counted(&agent, "timestamp_too_old", 1).await;
-    counted(&agent, "clock_unset", 1).await;
+    agent.wait_refused("timestamp_in_future", 2).await;
+    agent.wait_refused("timestamp_too_old", 1).await;
+    agent.wait_refused("clock_unset", 1).await;
     assert_eq!(agent.metric("qis_agent_packets_in_total", &[]).await, 2.0);
 }
 
@@ -101,7 +91,7 @@ async fn a_batch_names_each_line_outside_the_bounds() {
     .map(|(n, r)| (n, r.to_owned()));
     assert_eq!(refused, want, "{}", a.body);
     for rule in ["timestamp_in_future", "timestamp_too_old", "clock_unset"] {
-        counted(&agent, rule, 1).await;
+        agent.wait_refused(rule, 1).await;
     }
     assert_eq!(agent.metric("qis_agent_packets_in_total", &[]).await, 0.0);
 }

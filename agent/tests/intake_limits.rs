@@ -13,15 +13,6 @@ fn bin() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_qis-agent"))
 }
 
-async fn eventually_refused(agent: &AgentProc, rule: &str, n: u64) {
-    qis_testkit::eventually(
-        &format!("{n} refusals by {rule}"),
-        Duration::from_secs(10),
-        || async { (agent.refused(rule).await == n).then_some(()) },
-    )
-    .await;
-}
-
 /// Proves a request head trickled one byte at a time is cut at the header timeout (not
 /// before, not long after), and a connection that sends nothing is closed at the same
 /// deadline; each counted by its rule.
@@ -59,8 +50,8 @@ async fn a_trickled_head_and_a_silent_connection_are_closed_at_the_header_timeou
         silent >= Duration::from_millis(900) && silent < Duration::from_secs(4),
         "silent connection closed after {silent:?}"
     );
-    eventually_refused(&agent, "header_timeout", 1).await;
-    eventually_refused(&agent, "idle_timeout", 1).await;
+    agent.wait_refused("header_timeout", 1).await;
+    agent.wait_refused("idle_timeout", 1).await;
 }
 
 /// Proves a body trickled one byte at a time is answered 408 `body_timeout` at the body
@@ -89,7 +80,7 @@ async fn a_trickled_body_is_answered_408_at_the_body_timeout() {
         "answered after {:?}",
         closed.after
     );
-    eventually_refused(&agent, "body_timeout", 1).await;
+    agent.wait_refused("body_timeout", 1).await;
 }
 
 /// Proves the connection over the cap is answered 503 `connection_limit` at once (not

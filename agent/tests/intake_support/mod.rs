@@ -88,6 +88,16 @@ impl AgentProc {
             .await as u64
     }
 
+    /// Waits (up to 10 s) until `n` refusals are counted for `rule`.
+    pub async fn wait_refused(&self, rule: &str, n: u64) {
+        qis_testkit::eventually(
+            &format!("{n} refusals by {rule}"),
+            std::time::Duration::from_secs(10),
+            || async { (self.refused(rule).await == n).then_some(()) },
+        )
+        .await;
+    }
+
     /// Peak resident memory (`VmHWM`) and current (`VmRSS`), KiB.
     pub fn memory_kib(&self) -> (u64, u64) {
         let status =
