@@ -8,7 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 use qis_crds::{QisSubject, QisSubjectSpec, QisSwarm, QisSwarmSpec, SiteSpec, SwarmRef};
 use qis_nodeagent::{NodeAgent, NodeAgentConfig, NodeSpec};
 use qis_testkit::NatsServer;
@@ -214,6 +214,15 @@ impl Cluster {
             qis_testkit::free_port(),
             extra,
         );
+    }
+
+    /// Creates swarm `name` (default settings, these `sites`) and waits until it is Ready.
+    pub(crate) async fn ready_swarm(&self, name: &str, sites: &[&str]) {
+        self.swarms()
+            .create(&PostParams::default(), &swarm(name, None, sites))
+            .await
+            .expect("swarm");
+        swarm_condition(self, name, "Ready", "True", None).await;
     }
 
     pub(crate) async fn js(&self) -> jetstream::Context {

@@ -13,11 +13,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn drifted_stream_is_put_back() {
     let c = Cluster::start().await;
-    c.swarms()
-        .create(&PostParams::default(), &swarm("plant", None, &[]))
-        .await
-        .expect("swarm");
-    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    c.ready_swarm("plant", &[]).await;
     let js = c.js().await;
     let mut cfg = js
         .get_stream(&c.stream("plant"))

@@ -110,11 +110,7 @@ async fn overlapping_swarm_conflicts() {
 #[tokio::test]
 async fn unsupported_change_is_reported() {
     let c = Cluster::start().await;
-    c.swarms()
-        .create(&PostParams::default(), &swarm("plant", None, &[]))
-        .await
-        .expect("swarm");
-    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    c.ready_swarm("plant", &[]).await;
     let js = c.js().await;
     js.publish(format!("{}.x.y", c.prefix("plant")), "{}".into())
         .await

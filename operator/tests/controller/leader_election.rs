@@ -34,11 +34,7 @@ async fn one_leader_acts_and_a_standby_takes_over() {
     .await;
     assert_eq!(metric(standby_port, "qis_operator_leader").await, Some(0.0));
     assert_eq!(metric(leader_port, "qis_operator_leader").await, Some(1.0));
-    c.swarms()
-        .create(&PostParams::default(), &swarm("plant", None, &[]))
-        .await
-        .expect("swarm");
-    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    c.ready_swarm("plant", &[]).await;
 
     let (dead, survivor) = if holder == "op-a" {
         (&mut a, "op-b")

@@ -17,11 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[tokio::test]
 async fn nats_outage() {
     let mut c = Cluster::start().await;
-    c.swarms()
-        .create(&PostParams::default(), &swarm("plant", None, &["a"]))
-        .await
-        .expect("swarm");
-    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    c.ready_swarm("plant", &["a"]).await;
     c.nats.kill();
     swarm_condition(&c, "plant", "StreamReady", "False", Some("NatsUnavailable")).await;
     let d = Api::<Deployment>::namespaced(c.client.clone(), &c.ns);

@@ -203,11 +203,7 @@ async fn kubectl_apply_and_get() {
 #[tokio::test]
 async fn stream_state_is_refreshed() {
     let c = Cluster::start().await;
-    c.swarms()
-        .create(&PostParams::default(), &swarm("plant", None, &[]))
-        .await
-        .expect("swarm");
-    swarm_condition(&c, "plant", "Ready", "True", None).await;
+    c.ready_swarm("plant", &[]).await;
     let js = c.js().await;
     for i in 0..5 {
         js.publish(format!("{}.hvac.x{i}", c.prefix("plant")), "{}".into())
